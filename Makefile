@@ -1,0 +1,51 @@
+# One-command set-up: `make repro` runs the pipeline, `make test` runs the tests.
+# .venv is (re)built only when requirements.lock or pyproject.toml change (the stamp's name is their hash).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(LOCK_HASH)
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+export DVC_NO_ANALYTICS := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: setup repro test ui data-package clean-venv
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make repro   set up .venv and run the pipeline (dvc repro)"
+	@echo "make test    set up .venv and run the test suite"
+	@echo "make ui      MLflow UI on http://127.0.0.1:5000 over ./mlflow.db"
+
+$(STAMP): requirements.lock pyproject.toml
+	@rm -f $(VENV)/.installed-*
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(STAMP)
+
+# The default dataset's first mirror is Debian's package; install it when we can (root, apt, absent).
+data-package:
+	@if [ ! -d $(FASHION_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	    && grep -q 'dataset: *fashion-mnist' params.yaml; then \
+	  echo "installing dataset-fashion-mnist (Debian package) for an offline first mirror"; \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
+	    || echo "could not install dataset-fashion-mnist; download will try the other mirrors"; \
+	fi
+
+repro: setup data-package
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,14 @@
+"""ganops: a reproducible GAN pipeline for 28x28 grayscale images, from raw bytes to an ONNX server."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["Generator", "__version__"]
+
+
+def __getattr__(name: str):
+    # Imported on first use so that `import ganops` stays light (no onnxruntime, no torch).
+    if name == "Generator":
+        from ganops.inference import Generator
+
+        return Generator
+    raise AttributeError(f"module 'ganops' has no attribute {name!r}")

@@ -1,0 +1,138 @@
+"""Generator and discriminator networks (MLP and DCGAN), and saving a generator with its config."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ganops.fileio import atomic_path, write_json
+
+ARCHS = ("mlp", "dcgan")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Everything needed to rebuild a network: stored beside the weights as JSON."""
+
+    arch: str = "dcgan"
+    z_dim: int = 100
+    width: int = 64
+    conditional: bool = False
+    num_classes: int = 10
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown model.arch '{self.arch}': choose one of {', '.join(ARCHS)}")
+
+
+def _init_dcgan(module: nn.Module) -> None:
+    """DCGAN init (Radford et al. 2015): conv and linear N(0, 0.02), batch-norm scale N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """z [B, z_dim] (and labels [B] when conditional) -> images [B, 1, 28, 28] in [-1, 1]."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        in_dim = cfg.z_dim * 2 if cfg.conditional else cfg.z_dim
+        # A label is embedded to a z-sized vector and concatenated to z.
+        self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim) if cfg.conditional else None
+        w = cfg.width
+        if cfg.arch == "mlp":
+            self.body = nn.Sequential(
+                nn.Linear(in_dim, 4 * w), nn.LeakyReLU(0.2),
+                nn.Linear(4 * w, 8 * w), nn.LeakyReLU(0.2),
+                nn.Linear(8 * w, 16 * w), nn.LeakyReLU(0.2),
+                nn.Linear(16 * w, 28 * 28), nn.Tanh(),
+            )
+        else:
+            self.body = nn.Sequential(
+                nn.Linear(in_dim, 2 * w * 7 * 7, bias=False),
+                nn.Unflatten(1, (2 * w, 7, 7)),
+                nn.BatchNorm2d(2 * w), nn.ReLU(),
+                nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),  # 7 -> 14
+                nn.BatchNorm2d(w), nn.ReLU(),
+                nn.ConvTranspose2d(w, 1, 4, 2, 1),  # 14 -> 28
+                nn.Tanh(),
+            )
+        self.apply(_init_dcgan)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("this generator is conditional: pass labels")
+            z = torch.cat([z, self.embed(labels)], dim=1)
+        return self.body(z).view(-1, 1, 28, 28)
+
+
+class Discriminator(nn.Module):
+    """images [B, 1, 28, 28] (and labels when conditional) -> logits [B]; projection when conditional."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        if cfg.arch == "mlp":
+            feat = 4 * w
+            self.features = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(28 * 28, 8 * w), nn.LeakyReLU(0.2),
+                nn.Linear(8 * w, feat), nn.LeakyReLU(0.2),
+            )
+        else:
+            # No batch norm: it would couple samples, which breaks the per-sample WGAN-GP penalty.
+            feat = 2 * w * 7 * 7
+            self.features = nn.Sequential(
+                nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2),  # 28 -> 14
+                nn.Conv2d(w, 2 * w, 4, 2, 1), nn.LeakyReLU(0.2),  # 14 -> 7
+                nn.Flatten(),
+            )
+        self.head = nn.Linear(feat, 1)
+        # Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), features>.
+        self.embed = nn.Embedding(cfg.num_classes, feat) if cfg.conditional else None
+        self.apply(_init_dcgan)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        out = self.head(h).squeeze(1)
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("this discriminator is conditional: pass labels")
+            out = out + (self.embed(labels) * h).sum(dim=1)
+        return out
+
+
+def save_generator(directory: str | Path, generator: Generator, extra: dict | None = None) -> None:
+    """Write `generator.pt` (state dict) and `generator.json` (NetConfig + `extra`) atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"config": asdict(generator.cfg), **(extra or {})}
+    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+    with atomic_path(directory / "generator.pt") as tmp:
+        torch.save(state, tmp)
+    write_json(directory / "generator.json", meta)
+
+
+def load_generator(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
+    """Rebuild the generator saved by `save_generator`; returns (generator in eval mode, its JSON)."""
+    directory = Path(directory)
+    meta_path, weights = directory / "generator.json", directory / "generator.pt"
+    for p in (meta_path, weights):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} not found: run the train stage first (dvc repro train)")
+    meta = json.loads(meta_path.read_text())
+    generator = Generator(NetConfig(**meta["config"]))
+    generator.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return generator.to(device).eval(), meta
+

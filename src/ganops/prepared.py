@@ -1,0 +1,83 @@
+"""The prepared-data format: uint8 arrays plus manifest.json, written by prepare, read by later stages.
+
+    data/prepared/
+      train_images.npy  uint8 [N, 28, 28]     train_labels.npy  uint8 [N]
+      test_images.npy   uint8 [M, 28, 28]     test_labels.npy   uint8 [M]
+      manifest.json     dataset, num_classes, per split: count, class_histogram, SHA-256 of each array
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ganops.fileio import atomic_dir
+
+SPLITS = ("train", "test")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_prepared(
+    directory: str | Path,
+    *,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    dataset: str,
+    num_classes: int,
+    sources: dict[str, object],
+    extra: dict[str, object] | None = None,
+) -> dict:
+    """Write every split's arrays and the manifest into `directory`, atomically as a whole.
+
+    `splits` maps "train"/"test" to (images uint8 [N, 28, 28], labels uint8 [N]). Same input gives
+    byte-identical files. Returns the manifest.
+    """
+    manifest: dict[str, object] = {"dataset": dataset, "num_classes": num_classes, "sources": sources}
+    manifest.update(extra or {})
+    blobs: dict[str, bytes] = {}
+    for split in SPLITS:
+        images, labels = splits[split]
+        images = np.asarray(images, dtype=np.uint8)
+        labels = np.asarray(labels, dtype=np.uint8)
+        hist = np.bincount(labels, minlength=num_classes).tolist()
+        entry = {"count": int(len(labels)), "class_histogram": hist}
+        for name, array in (("images", images), ("labels", labels)):
+            blob = _npy_bytes(array)
+            blobs[f"{split}_{name}.npy"] = blob
+            entry[f"{name}_sha256"] = hashlib.sha256(blob).hexdigest()
+        manifest[split] = entry
+    with atomic_dir(directory) as tmp:
+        for name, blob in blobs.items():
+            (tmp / name).write_bytes(blob)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def load_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
+    return json.loads(path.read_text())
+
+
+def manifest_hash(directory: str | Path) -> str:
+    """SHA-256 of manifest.json: names the exact data a model was trained on (a lineage tag)."""
+    return hashlib.sha256((Path(directory) / "manifest.json").read_bytes()).hexdigest()
+
+
+def load_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], labels int64 [N]) of one split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    directory = Path(directory)
+    load_manifest(directory)
+    images = np.load(directory / f"{split}_images.npy", allow_pickle=False)
+    labels = np.load(directory / f"{split}_labels.npy", allow_pickle=False).astype(np.int64)
+    return images, labels
