@@ -7,6 +7,16 @@ import sys
 from ganops import __version__
 
 
+def _add_generate(sub) -> None:
+    """`ganops generate`: images from seeds with an exported ONNX generator."""
+    raise NotImplementedError  # filled in by the export/inference work
+
+
+def _add_serve(sub) -> None:
+    """`ganops serve`: the HTTP server over an exported ONNX generator."""
+    raise NotImplementedError  # filled in by the server work
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ganops",
@@ -14,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         "The pipeline itself runs with `dvc repro`.",
     )
     parser.add_argument("--version", action="version", version=f"ganops {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_generate(sub)
+    _add_serve(sub)
     return parser
 
 
