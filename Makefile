@@ -7,7 +7,10 @@ BIN := $(VENV)/bin
 LOCK_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
+PORT ?= 5000
 
+# Stage commands run `python`: it must be the venv's, which has ganops installed.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
@@ -18,7 +21,7 @@ export DO_NOT_TRACK := 1
 help:
 	@echo "make repro   set up .venv and run the pipeline (dvc repro)"
 	@echo "make test    set up .venv and run the test suite"
-	@echo "make ui      MLflow UI on http://127.0.0.1:5000 over ./mlflow.db"
+	@echo "make ui      MLflow UI on http://127.0.0.1:$(PORT) over ./mlflow.db (make ui PORT=5001)"
 
 $(STAMP): requirements.lock pyproject.toml
 	@rm -f $(VENV)/.installed-*
@@ -45,7 +48,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT) --workers 1
 
 clean-venv:
 	rm -rf $(VENV)

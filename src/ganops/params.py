@@ -24,6 +24,7 @@ class DataParams:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
     retries: int = 3  # attempts per mirror, with exponential backoff
+    backoff_s: float = 1.0  # wait before the 2nd attempt on a mirror; doubles after each failure
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class ServeParams:
     queue_size: int = 256  # requests waiting; beyond it the server answers 503
     max_images: int = 256  # per request
     max_body_bytes: int = 65536
+    micro_batching: bool = True  # false: one ONNX Runtime call per request (the benchmark's baseline)
+    cache_max_age_s: int = 31536000  # Cache-Control max-age of /v1/images (they never change)
+    providers: str = "auto"  # auto | cpu | cuda
 
 
 @dataclass(frozen=True)

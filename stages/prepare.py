@@ -1,0 +1,31 @@
+"""Stage prepare: validate data/raw's IDX files and write data/prepared (see ganops.idx, ganops.prepared)."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ganops import params
+from ganops.idx import IdxError, prepare
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python stages/prepare.py RAW_DIR OUT_DIR", file=sys.stderr)
+        return 2
+    raw_dir, out_dir = Path(argv[0]), Path(argv[1])
+    start = time.perf_counter()
+    try:
+        p = params.load("params.yaml").prepare
+        manifest = prepare(raw_dir=raw_dir, out_dir=out_dir, subset=p.subset, seed=p.seed)
+    except (params.ParamsError, IdxError) as e:
+        print(f"prepare failed: {e}", file=sys.stderr)
+        return 1
+    print(f"prepare: wrote {out_dir} ({manifest['dataset']}, {manifest['train']['count']} train / "
+          f"{manifest['test']['count']} test images, {manifest['num_classes']} classes) "
+          f"in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
