@@ -1,0 +1,371 @@
+"""MLflow tracking: runs, batched metrics, lineage tags, one store at the repo root (also for queued exps)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from ganops.fileio import write_json
+from ganops.params import Params, flatten, params_hash
+from ganops.prepared import load_manifest, manifest_hash
+
+# Set before mlflow is imported anywhere through this module: no usage pings from runs or tests.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("DO_NOT_TRACK", "true")  # mlflow reads only "true"; "1" (Makefile's) is left as is
+# Creating a SQLite store logs alembic migrations at INFO; keep stage output to its one-line summary.
+for _name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+DEFAULT_EXPERIMENT = "ganops"
+STORE_NAME = "mlflow.db"
+ARTIFACTS_NAME = "mlartifacts"  # beside mlflow.db; git-ignored
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+# DVC runs queued/temp experiments in copies at <repo>/.dvc/tmp/exps/<random>/ (see
+# dvc/repo/experiments/executor/local.py: mkdtemp(dir=<repo>/.dvc/tmp/exps)).
+_EXPS_PARTS = (".dvc", "tmp", "exps")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or a run is missing or unusable."""
+
+
+def _mlflow():
+    """Import mlflow lazily: `ganops.tracking` stays cheap to import for code that only reads run ids."""
+    import mlflow  # noqa: PLC0415
+
+    return mlflow
+
+
+def _git(args: list[str], cwd: str | Path) -> str | None:
+    """stdout of a git command, or None outside a git repo / without git."""
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The main repository root, the same from the workspace and from DVC's experiment copies.
+
+    1. `DVC_ROOT`: DVC sets it for every stage command; for queued/temp experiments it is set to
+       the *parent* repo's root (dvc/repo/experiments/queue/base.py, `_stash_exp`), not the copy's.
+    2. Otherwise, if the path lies inside `<repo>/.dvc/tmp/exps/...`, that `<repo>` (a copy's own
+       `.dvc/` would otherwise be found first).
+    3. Otherwise the nearest ancestor holding `.dvc/` or `.git`; else the start directory itself.
+    """
+    env_root = os.environ.get("DVC_ROOT", "")
+    if env_root and Path(env_root).is_dir():
+        return Path(env_root).resolve()
+    here = Path(start or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - len(_EXPS_PARTS) + 1):
+        if parts[i : i + len(_EXPS_PARTS)] == _EXPS_PARTS and i > 0:
+            return Path(*parts[:i])
+    for candidate in (here, *here.parents):
+        if (candidate / ".dvc").is_dir() or (candidate / ".git").exists():
+            return candidate
+    return here
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else `sqlite:///<repo root>/mlflow.db` (absolute path)."""
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if env_uri:
+        return env_uri
+    return f"sqlite:///{repo_root() / STORE_NAME}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go in `mlartifacts/` beside the .db file.
+
+    MLflow's default would be `./mlruns` relative to the *current directory*, which inside a
+    `dvc exp run --queue` copy is deleted with the copy. Other stores (a server) choose themselves.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    db_path = Path(uri[len(prefix) :])
+    if not db_path.is_absolute():
+        db_path = Path.cwd() / db_path
+    return (db_path.parent / ARTIFACTS_NAME).as_uri()
+
+
+def _param_value(value: object) -> str:
+    # JSON spelling (false, null, [..]) matches params.yaml better than Python's str().
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _client(uri: str):
+    return _mlflow().MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} (id {exp.experiment_id}) in {uri} is deleted: restore it "
+            f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or purge it (mlflow gc)"
+        )
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+    except _mlflow().exceptions.MlflowException:
+        # Another process (a parallel queued experiment) created it first.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Tracker:
+    """One MLflow run: params, batched metrics, stepped images, artifacts, tags.
+
+        tracker = Tracker.start(run_name="train", tags=lineage_tags(manifest_dir=..., params=p))
+        tracker.log_params(flatten(p))
+        tracker.log_metrics({"loss_d": 0.7}, step=50)
+        tracker.close()
+    """
+
+    def __init__(self, *, client, run_id: str, uri: str):
+        self._client = client
+        self.run_id = run_id
+        self.tracking_uri = uri
+        self._metrics: list = []
+        self._closed = False
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        experiment: str = DEFAULT_EXPERIMENT,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        uri: str | None = None,
+    ) -> Tracker:
+        """Start a new run in `experiment` (created with artifacts beside the store if absent).
+
+        Always tags `dvc_exp_name` (env DVC_EXP_NAME, "" in the workspace) and MLflow's own
+        `mlflow.source.git.commit`; the run is named after the DVC experiment unless `run_name`.
+        """
+        uri = uri or tracking_uri()
+        client = _client(uri)
+        experiment_id = _experiment_id(client, experiment, uri)
+        all_tags = {"dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
+        all_tags.update(tags or {})
+        commit = all_tags.get("git_commit") or (_git(["rev-parse", "HEAD"], os.getcwd()) or "").strip()
+        if commit and commit != "unknown":
+            all_tags.setdefault("mlflow.source.git.commit", commit)
+        run_name = run_name or all_tags["dvc_exp_name"] or None
+        run = client.create_run(
+            experiment_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name
+        )
+        return cls(client=client, run_id=run.info.run_id, uri=uri)
+
+    @classmethod
+    def resume(cls, run_id: str, *, uri: str | None = None) -> Tracker:
+        """Continue an existing run (after a crash; evaluate/export log into the training run)."""
+        uri = uri or tracking_uri()
+        client = _client(uri)
+        try:
+            client.get_run(run_id)
+        except _mlflow().exceptions.MlflowException as e:
+            raise TrackingError(
+                f"MLflow run {run_id!r} not found in {uri}: the store was reset or is another one; "
+                "set MLFLOW_TRACKING_URI to the store that holds it or rerun training "
+                "(dvc repro -f train)"
+            ) from e
+        client.update_run(run_id, status="RUNNING")
+        return cls(client=client, run_id=run_id, uri=uri)
+
+    def log_params(self, params: Mapping[str, object] | Params) -> None:
+        """Log params under their params.yaml names (`train.lr_g`); a Params is flattened first.
+
+        Values already logged identically (e.g. on resume) are skipped; MLflow forbids changing
+        a logged value, so a different one raises TrackingError naming the key.
+        """
+        from mlflow.entities import Param  # noqa: PLC0415
+
+        flat = flatten(params) if isinstance(params, Params) else dict(params)
+        existing = self._client.get_run(self.run_id).data.params
+        new: list = []
+        for key, value in flat.items():
+            text = _param_value(value)
+            if key in existing:
+                if existing[key] != text:
+                    raise TrackingError(
+                        f"param {key!r} of MLflow run {self.run_id} is already {existing[key]!r}, "
+                        f"cannot log {text!r}: log it into a new run, or as a tag/metric instead"
+                    )
+                continue
+            new.append(Param(key, text))
+        for i in range(0, len(new), MAX_PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, params=new[i : i + MAX_PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer metrics at `step`; sent with log_batch when the buffer is full, at flush/close."""
+        from mlflow.entities import Metric  # noqa: PLC0415
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            self._metrics.append(Metric(key, float(value), now, int(step)))
+        if len(self._metrics) >= MAX_METRICS_PER_BATCH:
+            self.flush()
+
+    def log_image(self, image, key: str, step: int) -> None:
+        """Log a uint8 [H, W] image as a stepped image (the MLflow UI shows a step slider)."""
+        import numpy as np  # noqa: PLC0415
+
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim != 2:
+            raise ValueError(
+                f"log_image({key!r}) wants a uint8 [H, W] array, got {array.dtype} {array.shape}: "
+                "convert with ganops.sampling.to_uint8 / grid"
+            )
+        self._client.log_image(self.run_id, array, key=key, step=int(step), synchronous=True)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a file (or a directory's contents) into the run's artifacts."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"artifact {path} not found: write it before logging it")
+        if path.is_dir():
+            self._client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        from mlflow.entities import RunTag  # noqa: PLC0415
+
+        if tags:
+            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def flush(self) -> None:
+        """Send buffered metrics."""
+        while self._metrics:
+            batch = self._metrics[:MAX_METRICS_PER_BATCH]
+            self._client.log_batch(self.run_id, metrics=batch)
+            del self._metrics[: len(batch)]
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush and end the run with `status` (FINISHED, FAILED, KILLED); idempotent."""
+        if self._closed:
+            return
+        self.flush()
+        self._client.set_terminated(self.run_id, status=status)
+        self._closed = True
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("FAILED" if exc_type is not None else "FINISHED")
+
+
+class NullTracker:
+    """Tracker that does nothing: for DDP ranks other than 0."""
+
+    run_id = ""
+    tracking_uri = ""
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        experiment: str = DEFAULT_EXPERIMENT,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        uri: str | None = None,
+    ) -> NullTracker:
+        return cls()
+
+    @classmethod
+    def resume(cls, run_id: str, *, uri: str | None = None) -> NullTracker:
+        return cls()
+
+    def log_params(self, params: Mapping[str, object] | Params) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_image(self, image, key: str, step: int) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        pass
+
+
+# Files DVC itself rewrites while a pipeline runs: changes to them are not code or config changes.
+_DIRTY_EXCLUDES = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore")
+
+
+def lineage_tags(*, manifest_dir: str | Path, params: Params, repo_dir: str | Path = ".") -> dict[str, str]:
+    """What a model was made from: code commit, uncommitted changes, DVC experiment, data, params.
+
+    git_commit/git_dirty are "unknown" outside a git repo. git_dirty counts modified tracked files
+    and untracked, non-ignored files, except dvc.lock and .gitignore files, which DVC rewrites
+    during `dvc repro` itself.
+    """
+    load_manifest(manifest_dir)  # a clear error when prepare has not run
+    head = _git(["rev-parse", "HEAD"], repo_dir)
+    status = _git(["status", "--porcelain", "--", ".", *_DIRTY_EXCLUDES], repo_dir)
+    if head is None or status is None:
+        commit, dirty = "unknown", "unknown"
+    else:
+        commit, dirty = head.strip(), "true" if status.strip() else "false"
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "data_manifest_sha256": manifest_hash(manifest_dir),
+        "params_sha256": params_hash(params),
+    }
+
+
+def write_run_id(path: str | Path, run_id: str, *, uri: str | None = None) -> None:
+    """Write {"run_id", "tracking_uri"} (reports/train/mlflow_run.json) atomically."""
+    write_json(path, {"run_id": run_id, "tracking_uri": uri or tracking_uri()})
+
+
+def read_run_id(path: str | Path) -> str:
+    """The run id from a file written by write_run_id."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run the train stage first (dvc repro train), which writes it"
+        )
+    try:
+        run_id = json.loads(path.read_text())["run_id"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path} is not a run-id file ({{\"run_id\": ..., \"tracking_uri\": ...}}): "
+            "delete it and rerun the train stage (dvc repro -f train)"
+        ) from e
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"{path} holds no run id: rerun the train stage (dvc repro -f train)")
+    return run_id
