@@ -7,14 +7,170 @@ import sys
 from ganops import __version__
 
 
+class UsageError(ValueError):
+    """Bad command-line input: reported on stderr with exit status 2, without a traceback."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Seed syntax: `7`, `0-63`, `1,5,9` and combinations such as `0-3,10,20-22` (ranges inclusive)."""
+    from ganops.sampling import MAX_SEED
+
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi if sep else lo)
+        except ValueError:
+            raise UsageError(
+                f"bad seed '{part}' in --seeds {text!r}: use N, A-B or a comma list like 0-3,10"
+            ) from None
+        if not 0 <= first <= last <= MAX_SEED:
+            raise UsageError(f"bad seed range '{part}': need 0 <= A <= B <= {MAX_SEED}")
+        if last - first >= 100_000:  # guards against a typo such as 0-1000000000
+            raise UsageError(f"seed range '{part}' has {last - first + 1} seeds; at most 100000")
+        seeds.extend(range(first, last + 1))
+    return seeds
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ganops.fileio import write_bytes
+    from ganops.inference import Generator
+    from ganops.sampling import grid, png_bytes
+
+    try:
+        seeds = parse_seeds(args.seeds)
+        out = Path(args.out)
+        per_seed = args.out.endswith(("/", "\\")) or out.is_dir()
+        if not per_seed and out.suffix.lower() != ".png":
+            raise UsageError(f"--out {args.out}: give a .png file for a grid or a directory/ for one PNG per seed")
+        if args.ncol < 1:
+            raise UsageError(f"--ncol must be at least 1, got {args.ncol}")
+        generator = Generator.from_onnx(args.model, providers=args.providers)
+        images = generator.generate(seeds, labels=args.label)
+        if per_seed:
+            for seed, image in zip(seeds, images):
+                write_bytes(out / f"seed_{seed:04d}.png", png_bytes(image))
+            wrote = f"{len(seeds)} PNGs to {out}/ (seed_{seeds[0]:04d}.png ...)"
+        else:
+            write_bytes(out, png_bytes(grid(images, ncol=args.ncol)))
+            wrote = f"a grid of {len(seeds)} images to {out}"
+    except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
+        print(f"ganops generate: error: {e}", file=sys.stderr)
+        return 2
+    label = f", label {args.label}" if args.label is not None else ""
+    print(f"wrote {wrote} (seeds {args.seeds}{label}) with {args.model} on {generator.provider}")
+    return 0
+
+
 def _add_generate(sub) -> None:
     """`ganops generate`: images from seeds with an exported ONNX generator."""
-    raise NotImplementedError  # filled in by the export/inference work
+    p = sub.add_parser(
+        "generate",
+        help="write PNGs from seeds with an exported ONNX generator",
+        description="Generate 28x28 images from seeds with an exported generator (ONNX Runtime). "
+        "A seed names the same image everywhere: the server, the pipeline and this command.",
+        epilog="examples:\n"
+        "  ganops generate --seeds 0-63 --out grid.png\n"
+        "  ganops generate --seeds 1,5,9 --label 3 --out samples/\n"
+        "  ganops generate --model other.onnx --seeds 0-15,100 --ncol 4 --out grid.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="models/generator.onnx",
+                   help="exported ONNX generator (default: %(default)s)")
+    p.add_argument("--seeds", default="0-63",
+                   help="seeds: 7, 0-63, 1,5,9 or combinations like 0-3,10 (default: %(default)s)")
+    p.add_argument("--label", type=int, default=None,
+                   help="class for every image; required by conditional models, refused by others")
+    p.add_argument("--out", required=True,
+                   help="x.png writes one grid; dir/ (or an existing directory) writes seed_0007.png per seed")
+    p.add_argument("--ncol", type=int, default=8, help="grid columns (default: %(default)s)")
+    p.add_argument("--providers", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="ONNX Runtime device: auto uses CUDA when onnxruntime-gpu has it, else CPU; "
+                   "cuda without CUDA is an error (default: %(default)s)")
+    p.set_defaults(run=_run_generate)
+
+
+_SERVE_ENV_HELP = """\
+environment variables (a flag wins over its variable, which wins over --params and the defaults):
+  GANOPS_MODEL            the ONNX model (--model)
+  GANOPS_API_KEY          when set, every /v1 endpoint needs 'Authorization: Bearer <key>' or
+                          'X-API-Key: <key>'; /, /healthz, /readyz, /metrics and /docs stay open
+  GANOPS_MODEL_SHA256     the model's expected SHA-256 (--expect-sha256)
+  GANOPS_HOST, GANOPS_PORT, GANOPS_MAX_BATCH, GANOPS_MAX_WAIT_MS, GANOPS_QUEUE_SIZE,
+  GANOPS_MAX_IMAGES, GANOPS_MAX_BODY_BYTES, GANOPS_MICRO_BATCHING (true|false),
+  GANOPS_CACHE_MAX_AGE_S, GANOPS_PROVIDERS
+                          the flags of the same name
+
+The model's SHA-256 is checked before the port is bound: against <model>.sha256 (written by the
+export stage) and --expect-sha256; with neither, the server refuses to start unless --no-verify.
+"""
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+
+    from ganops.server import ModelVerificationError, ServerConfig, api_key_from_env, config_from_env, serve
+
+    try:
+        config = ServerConfig()
+        if args.params is not None:
+            from ganops.params import load  # needs pyyaml: only with --params
+
+            config = ServerConfig(**dataclasses.asdict(load(args.params).serve))
+        config = config_from_env(config, os.environ)
+        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)}
+        config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+        model = args.model or os.environ.get("GANOPS_MODEL")
+        if not model:
+            raise UsageError("pass --model PATH (or set GANOPS_MODEL): the exported ONNX generator")
+        serve(model_path=model, config=config, api_key=api_key_from_env(os.environ),
+              expect_sha256=args.expect_sha256 or os.environ.get("GANOPS_MODEL_SHA256") or None,
+              verify=not args.no_verify, access_log=args.access_log, log_level=args.log_level)
+    except ModelVerificationError as e:
+        print(f"ganops serve: refusing to start: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:  # UsageError, bad env/params, unloadable model
+        print(f"ganops serve: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _add_serve(sub) -> None:
     """`ganops serve`: the HTTP server over an exported ONNX generator."""
-    raise NotImplementedError  # filled in by the server work
+    p = sub.add_parser(
+        "serve",
+        help="serve a generator over HTTP (web page, /v1 API, /metrics)",
+        description="Serve an exported ONNX generator over HTTP with FastAPI and uvicorn: a web page "
+        "at /, the /v1 API (docs at /docs), /healthz, /readyz and Prometheus /metrics. Concurrent "
+        "requests are micro-batched into one ONNX Runtime call. Defaults are params.yaml's serve "
+        "section's (which --params reads), so no repository is needed.",
+        epilog=_SERVE_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Defaults are None so that "not given" can fall back to env, then --params, then built-ins.
+    p.add_argument("--model", help="the exported ONNX generator, e.g. models/generator.onnx [GANOPS_MODEL]")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: loopback only) [GANOPS_HOST]")
+    p.add_argument("--port", type=int, help="port (default 8000) [GANOPS_PORT]")
+    p.add_argument("--max-batch", type=int, help="most images per ONNX Runtime call (default 64)")
+    p.add_argument("--max-wait-ms", type=float, help="how long a micro-batch waits to fill (default 2)")
+    p.add_argument("--queue-size", type=int, help="requests waiting before 503 + Retry-After (default 256)")
+    p.add_argument("--max-images", type=int, help="images per request and interpolation steps (default 256)")
+    p.add_argument("--max-body-bytes", type=int, help="request body limit, 413 beyond (default 65536)")
+    p.add_argument("--no-micro-batching", dest="micro_batching", action="store_const", const=False,
+                   help="one ONNX Runtime call per request (the benchmark's baseline)")
+    p.add_argument("--cache-max-age-s", type=int, help="Cache-Control max-age of /v1/images (default one year)")
+    p.add_argument("--providers", choices=("auto", "cpu", "cuda"), help="ONNX Runtime providers (default auto)")
+    p.add_argument("--expect-sha256", metavar="HEX", help="the model's expected SHA-256 [GANOPS_MODEL_SHA256]")
+    p.add_argument("--no-verify", action="store_true",
+                   help="start even when there is nothing to check the model against (no sidecar, no "
+                   "expected hash); a hash that disagrees is still refused")
+    p.add_argument("--params", metavar="PARAMS_YAML", help="read defaults from this file's serve section")
+    p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(run=_run_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

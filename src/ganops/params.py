@@ -65,6 +65,8 @@ class ClassifierParams:
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3
+    width: int = 32  # channels of the first conv; the second has twice as many
+    feature_dim: int = 128  # penultimate layer: the feature space of fid, kid, precision, ...
 
 
 @dataclass(frozen=True)

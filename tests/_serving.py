@@ -1,0 +1,103 @@
+"""Test helpers for the server: export a tiny real generator, run a real uvicorn on a free port."""
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import uvicorn
+
+CLASSES = [f"class-{i}" for i in range(10)]
+LINEAGE = {
+    "git_commit": "0123456789abcdef0123456789abcdef01234567",
+    "data_manifest_sha256": "d" * 64,
+    "params_sha256": "e" * 64,
+    "dataset": "synthetic",
+}
+
+
+def export_model(directory: Path, *, conditional: bool, z_dim: int = 16, width: int = 8) -> Path:
+    """A freshly initialised DCGAN generator, saved and exported by the real export code."""
+    import torch
+
+    from ganops.export import export_onnx
+    from ganops.networks import Generator, NetConfig, save_generator
+
+    torch.manual_seed(1)
+    generator = Generator(NetConfig(arch="dcgan", z_dim=z_dim, width=width, conditional=conditional))
+    # Random batch-norm statistics, so that images differ visibly from seed to seed.
+    for module in generator.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    save_generator(directory / "gan", generator.eval(), {"lineage": LINEAGE, "classes": CLASSES})
+    onnx_path = directory / "generator.onnx"
+    export_onnx(model_dir=directory / "gan", onnx_path=onnx_path, opset=18,
+                lineage={"mlflow_run_id": "run-abc"}, parity_seeds=8)
+    return onnx_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def running(app, *, lifespan: str = "on") -> Iterator[str]:
+    """Run `app` in a real uvicorn server in a thread, on a socket bound to a free loopback port.
+
+    With lifespan="off" the app's start-up (micro-batcher, warm-up) never runs, so it never gets ready.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{port}"
+        if lifespan == "on":
+            wait_ready(url)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def wait_ready(url: str, timeout: float = 30.0, headers: dict | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2, headers=headers).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not ready after {timeout} s")
+        time.sleep(0.05)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    assert image.mode == "L"
+    return np.asarray(image)
