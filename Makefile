@@ -47,6 +47,8 @@ repro: setup data-package
 test: setup
 	$(BIN)/python -m pytest
 
+# No MLflow background job runners: they start 8 processes, slow on a small machine and unused here.
+ui: export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT) --workers 1
 
