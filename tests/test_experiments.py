@@ -1,0 +1,107 @@
+"""The README's sweep: queued DVC experiments, each its own MLflow run, compared with exp/plots diff."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline_repo import make_pipeline_repo
+
+# MLflow 3.17 itself triggers this SQLAlchemy deprecation when it opens a store.
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+
+SWEEP = ("non_saturating", "hinge")
+# The baseline uses a loss outside the sweep: an experiment equal to the baseline would be all
+# cached in DVC and run no stage, so it would have no MLflow run of its own.
+BASELINE_LOSS = "minimax"
+METRICS_FILE = "reports/evaluate/metrics.json"
+EVAL_METRICS = ("fid", "kid_mean", "precision", "recall", "coverage")
+QUEUE_TIMEOUT_S = 900
+
+
+def _experiments(shown: list[dict]) -> dict[str, dict]:
+    """{experiment name: its rev's data} from `dvc exp show --json`."""
+    return {
+        exp["name"]: exp["data"]
+        for baseline in shown
+        for branch in baseline.get("experiments") or []
+        for exp in branch["revs"]
+    }
+
+
+def _wait_for_queue(repo) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status table."""
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    while True:
+        status = repo.run("dvc queue status").stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the queue did not finish within {QUEUE_TIMEOUT_S}s:\n{status}")
+        time.sleep(3)
+
+
+@pytest.mark.slow
+def test_queued_sweep_is_tracked_and_comparable(tmp_path: Path):
+    import mlflow
+
+    # Export is left out: the sweep is about training and evaluation (test_reproducible covers it).
+    repo = make_pipeline_repo(tmp_path, stages=["evaluate"],
+                              params_overrides={"train.loss": BASELINE_LOSS})
+    repo.run("dvc repro")
+    repo.run("git add -A && git commit -q -m baseline")
+
+    queued = repo.run("dvc exp run --queue -S 'train.loss=non_saturating,hinge'")
+    try:
+        repo.run("dvc queue start -j 2")
+        status = _wait_for_queue(repo)
+    finally:
+        repo.run("dvc queue stop", check=False, timeout=60)
+    if "Failed" in status:
+        failed_log = repo.run("dvc queue logs $(dvc queue status | awk '/Failed/{print $1; exit}')",
+                              check=False)
+        raise AssertionError(f"a queued experiment failed:\n{status}\n{failed_log.stdout}")
+
+    # DVC: both experiments, with their params and evaluation metrics.
+    exps = _experiments(json.loads(repo.run("dvc exp show --json").stdout))
+    assert len(exps) == 2, f"expected two experiments from {queued.stdout!r}, got {sorted(exps)}"
+    loss_of = {name: data["params"]["params.yaml"]["data"]["train"]["loss"] for name, data in exps.items()}
+    assert sorted(loss_of.values()) == sorted(SWEEP)
+    dvc_metrics = {name: data["metrics"][METRICS_FILE]["data"] for name, data in exps.items()}
+    for name, metrics in dvc_metrics.items():
+        missing = [m for m in EVAL_METRICS if not isinstance(metrics.get(m), float)]
+        assert missing == [], f"{name}: {METRICS_FILE} lacks {missing}: {metrics}"
+
+    # MLflow (the repo root's store, although queued runs execute in copies): one run each.
+    client = mlflow.MlflowClient(tracking_uri=repo.tracking_uri)
+    experiment = client.get_experiment_by_name("ganops")
+    runs = client.search_runs([experiment.experiment_id])
+    by_exp = {r.data.tags.get("dvc_exp_name"): r for r in runs if r.data.tags.get("dvc_exp_name") in exps}
+    assert sorted(by_exp) == sorted(exps), [r.data.tags for r in runs]
+    for name, run in by_exp.items():
+        assert run.info.status == "FINISHED", name
+        assert run.data.params["train.loss"] == loss_of[name]
+        assert run.data.params["model.z_dim"] == "16"
+        history = client.get_metric_history(run.info.run_id, "loss_d")
+        assert [m.step for m in history] == [2, 4], f"{name}: loss_d history {history}"
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+        assert any(p.endswith(".png") for p in images), f"{name}: no image artifact, got {images}"
+        for m in EVAL_METRICS:
+            assert run.data.metrics[m] == pytest.approx(dvc_metrics[name][m], rel=1e-9, abs=1e-12), (name, m)
+    assert by_exp[min(exps)].info.run_id != by_exp[max(exps)].info.run_id
+
+    # Comparing the two: params/metrics diff, and the plots (sample images as files, offline).
+    a, b = sorted(exps)
+    diff = json.loads(repo.run(f"dvc exp diff {a} {b} --json").stdout)
+    assert diff["params"]["params.yaml"]["train.loss"]["old"] in SWEEP
+    assert METRICS_FILE in diff["metrics"]
+    plots_dir = tmp_path / "plots"
+    repo.run(f"dvc plots diff {a} {b} -o {plots_dir}")
+    assert (plots_dir / "index.html").is_file()
+    pngs = sorted(p.name for p in plots_dir.rglob("*.png"))
+    for rev in (a, b):
+        # Each revision's epoch grid and evaluation samples, as image files named by revision.
+        assert any(rev in p and "samples" in p and "epoch" in p for p in pngs), (rev, pngs)
+        assert any(rev in p and "evaluate" in p for p in pngs), (rev, pngs)
