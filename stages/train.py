@@ -1,0 +1,42 @@
+"""Stage train: data/prepared -> models/gan (EMA G), models/checkpoints, reports/train (ganops.training).
+
+Re-running after a crash resumes from models/checkpoints/last.pt. Multi-process:
+`torchrun --nproc_per_node=N stages/train.py ...` (gloo on CPU, nccl on CUDA).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from ganops import params
+from ganops.training import train
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4:
+        print("usage: python stages/train.py PREPARED_DIR MODEL_DIR CHECKPOINT_DIR REPORT_DIR",
+              file=sys.stderr)
+        return 2
+    prepared_dir, model_dir, checkpoint_dir, report_dir = (Path(a) for a in argv)
+    start = time.perf_counter()
+    try:
+        # All sections: the lineage tag params_sha256 covers the whole of params.yaml.
+        p = params.load("params.yaml")
+        summary = train(params=p, prepared_dir=prepared_dir, model_dir=model_dir,
+                        checkpoint_dir=checkpoint_dir, report_dir=report_dir)
+    except (params.ParamsError, ValueError, FileNotFoundError) as e:
+        print(f"train failed: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        resumed = f", resumed at step {summary['resumed_at']}" if summary["resumed_at"] else ""
+        print(f"train: wrote {model_dir} after {summary['steps']} steps ({summary['epochs']:.2f} epochs"
+              f"{resumed}) at {summary['img_per_s']:.0f} img/s on {summary['device']}"
+              f" x{summary['world_size']}, MLflow run {summary['run_id']}, "
+              f"in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,54 @@
+"""Two-process DDP training on the CPU (gloo) through torchrun: it finishes and rank 0 alone writes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import torch
+
+from conftest import REPO
+from ganops.networks import load_generator
+
+
+def test_torchrun_two_gloo_processes(tmp_path, tiny_prepared):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The trickiest path: WGAN-GP's double backward under DDP, 2 D steps per G step, conditional nets.
+    # 200 images -> 100 per rank -> 100 // 8 // 2 = 6 steps.
+    (tmp_path / "params.yaml").write_text(json.dumps({
+        "model": {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True},
+        "train": {"batch_size": 8, "epochs": 1, "loss": "wgan_gp", "d_steps": 2,
+                  "checkpoint_every": 4, "log_every": 2},
+    }))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(REPO / "stages" / "train.py"), str(tiny_prepared), "gan", "ckpt", "reports"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("train: wrote gan after 6 steps") == 1, result.stdout  # rank 0 only
+    assert "x2" in result.stdout
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("ganops").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert json.loads((tmp_path / "reports" / "mlflow_run.json").read_text())["run_id"] == run_id
+    assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == [2, 4, 6]
+
+    ckpt = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 6
+    # Both ranks' RNG states are kept (each draws its own noise), so either can resume exactly.
+    assert len(ckpt["rng"]) == 2
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    G, meta = load_generator(tmp_path / "gan")
+    assert meta["lineage"]["mlflow_run_id"] == run_id
+    assert all(torch.equal(v, ckpt["G_ema"][k]) for k, v in G.state_dict().items())
+    assert sorted(p.name for p in (tmp_path / "reports" / "samples").iterdir()) == ["epoch_001.png"]
+    assert (tmp_path / "reports" / "losses.csv").read_text().count("\n") == 4  # header + 3 rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt", "gan", "mlartifacts", "mlflow.db", "params.yaml", "prepared", "reports",
+    ]

@@ -1,0 +1,253 @@
+"""The training loop on tiny data: outputs, MLflow run, every loss, resume rules, kill -9 and resume."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, synthetic_images
+from ganops.networks import load_generator
+from ganops.params import flatten, params_hash, parse
+from ganops.prepared import manifest_hash, write_prepared
+from ganops.training import CSV_COLUMNS, _epoch_order, train
+
+STAGE = REPO / "stages" / "train.py"
+TINY_MODEL = {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": False}
+TINY_TRAIN = {"batch_size": 16, "epochs": 2, "checkpoint_every": 10, "log_every": 5}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread here and in the subprocesses: tiny nets gain nothing from two, and the
+    runs compared bit for bit must use the same thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield {"OMP_NUM_THREADS": "1"}
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite MLflow store for the module (creating one costs seconds); each test makes own runs."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking_env(store, monkeypatch) -> mlflow.MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    return mlflow.MlflowClient(tracking_uri=store)
+
+
+def _params(model: dict | None = None, **train_keys):
+    return parse({"model": {**TINY_MODEL, **(model or {})}, "train": {**TINY_TRAIN, **train_keys}})
+
+
+def _train(out: Path, prepared: Path, params) -> dict:
+    return train(params=params, prepared_dir=prepared, model_dir=out / "gan",
+                 checkpoint_dir=out / "ckpt", report_dir=out / "reports")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tracking_env):
+    client = tracking_env
+    params = _params(model={"conditional": True})
+    summary = _train(tmp_path, tiny_prepared, params)
+
+    # 200 images / batch 16 = 12 steps per epoch, 2 epochs.
+    assert (summary["steps"], summary["resumed_at"], summary["epochs"]) == (24, 0, 2.0)
+    rows = _read_csv(tmp_path / "reports" / "losses.csv")
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(5, 1), (10, 1), (15, 2), (20, 2), (24, 2)]
+    assert all(np.isfinite(float(r[k])) for r in rows for k in CSV_COLUMNS)
+    assert all(0.0 < float(r["d_real"]) < 1.0 for r in rows)  # probabilities for the BCE losses
+
+    samples = sorted(p.name for p in (tmp_path / "reports" / "samples").iterdir())
+    assert samples == ["epoch_001.png", "epoch_002.png"]
+    assert Image.open(tmp_path / "reports" / "samples" / "epoch_002.png").size == (242, 242)  # 8 x 8 grid
+
+    run_id = summary["run_id"]
+    assert json.loads((tmp_path / "reports" / "mlflow_run.json").read_text())["run_id"] == run_id
+    G, meta = load_generator(tmp_path / "gan")
+    assert meta["config"] == {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True, "num_classes": 10}
+    assert meta["lineage"] == {
+        "git_commit": meta["lineage"]["git_commit"],
+        "data_manifest_sha256": manifest_hash(tiny_prepared),
+        "params_sha256": params_hash(params),
+        "dataset": "synthetic",
+        "mlflow_run_id": run_id,
+    }
+    assert meta["classes"] is None and meta["dataset"] == "synthetic"
+    # models/gan holds the EMA generator, as does the final checkpoint.
+    ckpt = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 24
+    assert all(torch.equal(v, ckpt["G_ema"][k]) for k, v in G.state_dict().items())
+    assert not all(torch.equal(v, ckpt["G"][k]) for k, v in G.state_dict().items())
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    expected = {k: v if isinstance(v, str) else json.dumps(v) for k, v in flatten(params).items()}
+    assert run.data.params == expected
+    tags = run.data.tags
+    assert tags["data_manifest_sha256"] == manifest_hash(tiny_prepared)
+    assert tags["params_sha256"] == params_hash(params)
+    assert {"git_commit", "git_dirty", "dvc_exp_name"} <= set(tags)
+    for key in ("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g", "img_per_s"):
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == [5, 10, 15, 20, 24], key
+        if key != "img_per_s":
+            assert [m.value for m in history] == pytest.approx([float(r[key]) for r in rows], rel=1e-5)
+    images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert sorted(p.split("+")[2] for p in images) == ["12", "24"]  # one grid per epoch, at its step
+    assert [a.path for a in client.list_artifacts(run_id, "train")] == ["train/losses.csv"]
+
+
+@pytest.mark.parametrize(
+    "loss,model,d_steps",
+    [
+        ("minimax", {"arch": "mlp"}, 1),
+        ("non_saturating", {"arch": "mlp", "conditional": True}, 2),
+        ("hinge", {"conditional": True}, 1),
+        ("wgan_gp", {"conditional": True}, 2),
+    ],
+)
+def test_every_loss_trains(tmp_path, tiny_prepared, tracking_env, loss, model, d_steps):
+    was = torch.are_deterministic_algorithms_enabled()
+    params = _params(model=model, loss=loss, d_steps=d_steps, max_steps=4, log_every=2)
+    summary = _train(tmp_path, tiny_prepared, params)
+    assert summary["steps"] == 4
+    assert torch.are_deterministic_algorithms_enabled() == was  # the loop leaves the setting as found
+    rows = _read_csv(tmp_path / "reports" / "losses.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(np.isfinite(float(r[k])) for r in rows for k in CSV_COLUMNS)
+    # The partial epoch still leaves a sample grid.
+    assert [p.name for p in (tmp_path / "reports" / "samples").iterdir()] == ["epoch_001.png"]
+
+
+def test_rerun_resumes_a_finished_run_and_changed_params_start_fresh(
+    tmp_path, tiny_prepared, tracking_env, capsys
+):
+    first = _train(tmp_path, tiny_prepared, _params(max_steps=6))
+    weights = (tmp_path / "gan" / "generator.pt").read_bytes()
+
+    again = _train(tmp_path, tiny_prepared, _params(max_steps=6))
+    assert (again["resumed_at"], again["run_id"]) == (6, first["run_id"])
+    assert (tmp_path / "gan" / "generator.pt").read_bytes() == weights
+    assert "resuming from" in capsys.readouterr().err
+
+    fresh = _train(tmp_path, tiny_prepared, _params(max_steps=6, lr_g=1e-4))
+    assert fresh["resumed_at"] == 0 and fresh["run_id"] != first["run_id"]
+    assert "from different params, data or code; starting fresh" in capsys.readouterr().err
+    assert tracking_env.get_run(fresh["run_id"]).data.params["train.lr_g"] == "0.0001"
+
+
+def test_bad_params_fail_with_the_key_and_the_fix(tmp_path, tiny_prepared, tracking_env):
+    with pytest.raises(ValueError, match="unknown train.loss 'lsgan'"):
+        _train(tmp_path, tiny_prepared, _params(loss="lsgan"))
+    with pytest.raises(ValueError, match="200 training images: too few for train.batch_size=256"):
+        _train(tmp_path, tiny_prepared, _params(batch_size=256))
+    with pytest.raises(ValueError, match=r"train.ema_decay must be in \[0, 1\)"):
+        _train(tmp_path, tiny_prepared, _params(ema_decay=1.0))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch_and_shards_disjointly():
+    a = [_epoch_order(0, 3, 11, rank, 2, "cpu") for rank in (0, 1)]
+    assert all(len(shard) == 5 for shard in a)  # equal shards; the odd image out is skipped this epoch
+    assert len(set(torch.cat(a).tolist())) == 10
+    assert torch.equal(_epoch_order(0, 3, 11, 0, 2, "cpu"), a[0])
+    assert not torch.equal(_epoch_order(0, 4, 11, 0, 2, "cpu"), a[0])
+    assert not torch.equal(_epoch_order(1, 3, 11, 0, 2, "cpu"), a[0])
+
+
+def _state_equal(a, b, where: str = "") -> None:
+    """Assert two nested checkpoint structures are equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _state_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _state_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tracking_env, store, one_thread):
+    prepared = tmp_path / "prepared"
+    write_prepared(prepared, splits={"train": synthetic_images(800, 0), "test": synthetic_images(100, 1)},
+                   dataset="synthetic", num_classes=10, sources={})
+    # 800 / 16 = 50 steps per epoch; 2 epochs; checkpoints every 5 steps, metrics every 7.
+    train_keys = {"log_every": 7, "checkpoint_every": 5}
+    params = _params(**train_keys)
+    run_dir = tmp_path / "killed"
+    run_dir.mkdir()
+    yaml_text = json.dumps({"model": TINY_MODEL, "train": {**TINY_TRAIN, **train_keys}})
+    (run_dir / "params.yaml").write_text(yaml_text)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, **one_thread}
+    cmd = [sys.executable, str(STAGE), str(prepared), "gan", "ckpt", "reports"]
+    checkpoint = run_dir / "ckpt" / "last.pt"
+
+    with open(run_dir / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists():  # appears whole: written by atomic rename
+            assert proc.poll() is None, (run_dir / "first.log").read_text()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.002)
+        proc.kill()  # SIGKILL: no cleanup, no final checkpoint
+        proc.wait()
+    killed_at = torch.load(checkpoint, weights_only=True)["step"]
+    assert 5 <= killed_at < 100, "the run finished before it could be killed"
+    assert not (run_dir / "gan").exists()
+    run_id = json.loads((run_dir / "reports" / "mlflow_run.json").read_text())["run_id"]
+
+    resumed = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {killed_at}" in resumed.stdout
+
+    reference = tmp_path / "reference"
+    _train(reference, prepared, params)
+
+    _state_equal(torch.load(checkpoint, weights_only=True),
+                 {**torch.load(reference / "ckpt" / "last.pt", weights_only=True), "run_id": run_id})
+    for name in ("gan/generator.pt", "reports/losses.csv", "reports/samples/epoch_001.png",
+                 "reports/samples/epoch_002.png"):
+        if name.endswith(".pt"):
+            _state_equal(torch.load(run_dir / name, weights_only=True),
+                         torch.load(reference / name, weights_only=True))
+        else:
+            assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+
+    # The resumed process continued the killed one's MLflow run.
+    assert json.loads((run_dir / "reports" / "mlflow_run.json").read_text())["run_id"] == run_id
+    run = tracking_env.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = {m.step for m in tracking_env.get_metric_history(run_id, "loss_g")}
+    assert steps == {*range(7, 100, 7), 100}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_run_trains_and_saves_a_cpu_loadable_generator(tmp_path, tiny_prepared, tracking_env):
+    summary = _train(tmp_path, tiny_prepared, _params(model={"conditional": True}, loss="wgan_gp", max_steps=6))
+    assert summary["device"].startswith("cuda") and summary["steps"] == 6
+    rows = _read_csv(tmp_path / "reports" / "losses.csv")
+    assert all(np.isfinite(float(r[k])) for r in rows for k in CSV_COLUMNS)
+    G, _ = load_generator(tmp_path / "gan")  # saved on the CPU whatever the training device
+    assert next(G.parameters()).device.type == "cpu"
