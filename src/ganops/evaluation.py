@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ganops import metrics as m
+from ganops.plots import class_histogram_png
 from ganops.classifier import extract, load_classifier
 from ganops.fileio import atomic_dir, sha256_file, write_bytes, write_json
 from ganops.networks import Generator, load_generator
@@ -187,27 +187,6 @@ def _grid_image(images: np.ndarray, conditional: bool, num_classes: int) -> np.n
     return grid(images[: GRID_COLUMNS * GRID_COLUMNS], ncol=GRID_COLUMNS)
 
 
-def _histogram_png(generated: np.ndarray, real: np.ndarray, classes: list[str], coverage: float) -> bytes:
-    """Bar chart of class shares, generated vs real test; same input -> same bytes (no metadata)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    x = np.arange(len(classes))
-    ax.bar(x - 0.2, real / real.sum(), width=0.4, label="real (test labels)")
-    ax.bar(x + 0.2, generated / max(generated.sum(), 1), width=0.4, label="generated (classifier)")
-    ax.set_xticks(x, classes, rotation=30, ha="right")
-    ax.set_ylabel("share of samples")
-    ax.set_title(f"class_coverage {coverage:.3f}")
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
-
-
 def evaluate(
     *,
     model_dir: str | Path,
@@ -302,7 +281,7 @@ def evaluate(
     real_hist = np.asarray(real.meta["class_histogram"])
     write_bytes(
         out_dir / "class_histogram.png",
-        _histogram_png(gen_hist, real_hist, classes, results["class_coverage"]),
+        class_histogram_png(gen_hist, real_hist, classes, results["class_coverage"]),
     )
 
     gate_failed = params.max_fid is not None and results["fid"] > params.max_fid

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ganops import losses, sampling, tracking
+from ganops import losses, plots, sampling, tracking
 from ganops.fileio import atomic_dir, atomic_path, write_bytes
 from ganops.networks import Discriminator, Generator, NetConfig, save_generator
 from ganops.params import Params, flatten
@@ -328,6 +328,10 @@ def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id
         for epoch, image in grids.items():
             _write_grid(tmp, epoch, image)
     _write_losses_csv(report_dir / "losses.csv", rows)
+    # The same curves as a PNG: dvc plots' HTML needs vega from a CDN, a PNG renders offline.
+    steps = [row["step"] for row in rows]
+    write_bytes(report_dir / "losses.png", plots.curves_png(
+        steps, {m: [row[m] for row in rows] for m in ("loss_d", "loss_g")}, title="losses"))
 
 
 def _write_losses_csv(path: Path, rows: list[dict]) -> None:
