@@ -92,6 +92,17 @@ class PipelineRepo:
     def tracking_uri(self) -> str:
         return self.env["MLFLOW_TRACKING_URI"]
 
+    def wait_for_queue(self, *, dvc: str = "dvc", timeout_s: float = 900, poll_s: float = 2) -> str:
+        """Poll `dvc queue status` until nothing is queued or running; return the last table."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.run(f"{dvc} queue status").stdout
+            if not any(word in status for word in ("Queued", "Running")):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the queue did not finish within {timeout_s}s:\n{status}")
+            time.sleep(poll_s)
+
 
 def write_synthetic_idx(directory: Path, *, n_train: int = 200, n_test: int = 100) -> Path:
     """The four IDX files of a dataset (`data.dataset: idx`) from conftest.synthetic_images.

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -31,18 +30,6 @@ def _experiments(shown: list[dict]) -> dict[str, dict]:
     }
 
 
-def _wait_for_queue(repo) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; return the last status table."""
-    deadline = time.monotonic() + QUEUE_TIMEOUT_S
-    while True:
-        status = repo.run("dvc queue status").stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the queue did not finish within {QUEUE_TIMEOUT_S}s:\n{status}")
-        time.sleep(3)
-
-
 @pytest.mark.slow
 def test_queued_sweep_is_tracked_and_comparable(tmp_path: Path):
     import mlflow
@@ -56,7 +43,7 @@ def test_queued_sweep_is_tracked_and_comparable(tmp_path: Path):
     queued = repo.run("dvc exp run --queue -S 'train.loss=non_saturating,hinge'")
     try:
         repo.run("dvc queue start -j 2")
-        status = _wait_for_queue(repo)
+        status = repo.wait_for_queue(dvc="dvc", timeout_s=QUEUE_TIMEOUT_S)
     finally:
         repo.run("dvc queue stop", check=False, timeout=60)
     if "Failed" in status:

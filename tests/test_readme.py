@@ -100,17 +100,6 @@ def _prepare_tour_repo(tmp_path: Path):
     return repo
 
 
-def _wait_for_queue(repo) -> str:
-    deadline = time.monotonic() + QUEUE_TIMEOUT_S
-    while True:
-        status = repo.run(".venv/bin/dvc queue status").stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the queue did not finish within {QUEUE_TIMEOUT_S}s:\n{status}")
-        time.sleep(2)
-
-
 def _run_server(repo, command: str, tmp_path: Path) -> str:
     prefix = next(p for p in SERVERS if command.startswith(p))
     port_arg, probe = SERVERS[prefix]
@@ -146,7 +135,7 @@ def test_readme_tour(tmp_path: Path):
                 out = repo.run(command, timeout=900)
                 how = "ran"
                 if command.endswith("dvc queue start -j 2"):
-                    status = _wait_for_queue(repo)
+                    status = repo.wait_for_queue(dvc=".venv/bin/dvc", timeout_s=QUEUE_TIMEOUT_S)
                     assert "Failed" not in status, status
                     how = "ran, queue finished"
                 _check_output(repo, command, out.stdout)
