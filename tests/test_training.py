@@ -251,3 +251,17 @@ def test_cuda_bf16_run_trains_and_saves_a_cpu_loadable_generator(tmp_path, tiny_
     assert all(np.isfinite(float(r[k])) for r in rows for k in CSV_COLUMNS)
     G, _ = load_generator(tmp_path / "gan")  # saved on the CPU whatever the training device
     assert next(G.parameters()).device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
+def test_cpu_bf16_is_deterministic_and_differs_from_fp32(tmp_path, tiny_prepared, tracking_env):
+    params = _params(max_steps=6, cpu_bf16=True)
+    _train(tmp_path / "a", tiny_prepared, params)
+    _train(tmp_path / "b", tiny_prepared, params)
+    _train(tmp_path / "fp32", tiny_prepared, _params(max_steps=6, cpu_bf16=False))
+    load = lambda d: torch.load(tmp_path / d / "gan" / "generator.pt", weights_only=True)  # noqa: E731
+    a, b, fp32 = load("a"), load("b"), load("fp32")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())
+    # bf16 really ran: the weights after six steps are not the fp32 ones.
+    assert not all(torch.equal(a[k], fp32[k]) for k in a)

@@ -57,6 +57,7 @@ class TrainParams:
     checkpoint_every: int = 500  # steps between checkpoints (and always at the end)
     log_every: int = 50  # steps between metric logs
     max_steps: int = 0  # stop after this many generator steps; 0 runs all epochs
+    cpu_bf16: bool = True  # bf16 autocast on the CPU too (always on with CUDA); fp32 where the CPU lacks native bf16
 
 
 @dataclass(frozen=True)

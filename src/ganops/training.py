@@ -100,9 +100,10 @@ def train(
         D_train = DDP(D, device_ids=ddp_devices) if world > 1 else D
         grid_z = torch.from_numpy(sampling.latents(GRID_SEEDS, cfg.z_dim)).to(device)
         grid_y = _grid_labels(cfg, device)
-        # bf16 autocast on CUDA only; a fresh context per use (an autocast object is not re-entrant).
+        # bf16 autocast on CUDA, and on the CPU when asked; a fresh context per use (an autocast
+        # object is not re-entrant).
         autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
-                                     enabled=device.type == "cuda")
+                                     enabled=device.type == "cuda" or _cpu_bf16(tp, main))
         bar = tqdm(total=total, initial=start, file=sys.stderr, disable=not main, unit="step",
                    dynamic_ncols=True)
         images_per_step = batch * tp.d_steps * world
@@ -190,6 +191,18 @@ def train(
         "img_per_s": steps * images_per_step / seconds if seconds > 0 and steps else 0.0,
         "run_id": tracker.run_id, "device": str(device), "world_size": world,
     }
+
+
+def _cpu_bf16(tp, announce: bool) -> bool:
+    """train.cpu_bf16, unless this CPU has no native bf16: emulated bf16 is slower than fp32."""
+    if not tp.cpu_bf16:
+        return False
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return True
+    if announce:
+        print("train: train.cpu_bf16 is set but this CPU has no native bf16; training in fp32",
+              file=sys.stderr)
+    return False
 
 
 def _check(tp) -> None:
