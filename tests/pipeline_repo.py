@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -65,6 +66,21 @@ _DROPPED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"
                 "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "GIT_DIR", "GIT_WORK_TREE")
 
 
+def run_detached_output(args: list[str], *, cwd: Path, env: dict[str, str],
+                        timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run with stdout/stderr in temp files, not pipes.
+
+    `dvc queue start` leaves worker processes that inherit the output; with pipes, reading to EOF
+    would wait for those workers to exit, not for the command itself.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(args, cwd=cwd, env=env, stdout=out, stderr=err, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, proc.returncode, out.read().decode(errors="replace"),
+                                           err.read().decode(errors="replace"))
+
+
 @dataclass
 class PipelineRepo:
     """A temp git+dvc repo holding the pipeline; `run` executes commands in it with `env`."""
@@ -81,8 +97,7 @@ class PipelineRepo:
         """
         full_env = {**self.env, **(env or {})}
         args = ["bash", "-c", cmd] if isinstance(cmd, str) else [str(a) for a in cmd]
-        result = subprocess.run(args, cwd=self.path, env=full_env, capture_output=True, text=True,
-                                timeout=timeout)
+        result = run_detached_output(args, cwd=self.path, env=full_env, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{cmd!r} exited {result.returncode} in {self.path}:\n"
                                  f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")

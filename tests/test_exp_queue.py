@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_repo import run_detached_output
+
 VENV_BIN = Path(sys.executable).parent
 # MLflow 3.17 itself triggers this SQLAlchemy deprecation when it opens a store.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -54,7 +56,7 @@ def _env() -> dict[str, str]:
 
 
 def _sh(args: list[str], cwd: Path, timeout: float = 120) -> str:
-    out = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    out = run_detached_output(args, cwd=cwd, env=_env(), timeout=timeout)
     assert out.returncode == 0, f"{args} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
 
