@@ -43,12 +43,6 @@ def export_model(directory: Path, *, conditional: bool, z_dim: int = 16, width: 
     return onnx_path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0

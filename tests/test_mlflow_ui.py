@@ -6,15 +6,9 @@ WebDriver HTTP protocol. Screenshots are kept under test-artifacts/ for a human 
 """
 from __future__ import annotations
 
-import base64
 import json
 import shlex
-import shutil
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,6 +16,7 @@ from PIL import Image
 
 from conftest import REPO
 from pipeline_repo import background, free_port, make_pipeline_repo, wait_http
+from webdriver import CHROMEDRIVER, CHROMIUM, MISSING, WebDriver, chromium
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,7 +24,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
 ]
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOTS = REPO / "test-artifacts"
 PAGE_TIMEOUT_S = 60  # a cold React app on a busy 2-core machine
 
@@ -46,67 +40,28 @@ def makefile_ui_command(*, curdir: Path, port: int) -> list[str]:
     return shlex.split(command)
 
 
-class Browser:
-    """A headless Chromium session over chromedriver's WebDriver HTTP API (no selenium)."""
+def save_screenshot(browser: WebDriver, name: str) -> Path:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / f"mlflow-ui-{name}"
+    path.write_bytes(browser.screenshot())
+    return path
 
-    def __init__(self, driver_url: str, user_data_dir: str):
-        self.driver_url = driver_url
-        options = {"binary": CHROMIUM, "args": [
-            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={user_data_dir}",
-            # Tall, so the image chart is inside the viewport (the UI loads images lazily).
-            "--window-size=1400,2400",
-        ]}
-        value = self._call("POST", f"{driver_url}/session",
-                           {"capabilities": {"alwaysMatch": {"goog:chromeOptions": options}}})
-        self.session = f"{driver_url}/session/{value['sessionId']}"
 
-    @staticmethod
-    def _call(method: str, url: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return json.loads(response.read())["value"]
-        except urllib.error.HTTPError as e:
-            raise AssertionError(f"WebDriver {method} {url}: {e.code} {e.read()[:2000]!r}") from e
-
-    def get(self, url: str) -> None:
-        self._call("POST", f"{self.session}/url", {"url": url})
-
-    def script(self, source: str):
-        return self._call("POST", f"{self.session}/execute/sync", {"script": source, "args": []})
-
-    def wait_for(self, source: str, what: str, timeout_s: float = PAGE_TIMEOUT_S):
-        """Poll a script until it returns something truthy; fail with the page's text."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = self.script(source)
-            if value:
-                return value
-            time.sleep(0.5)
-        self.screenshot("timeout.png")
-        text = self.script("return document.body ? document.body.innerText : ''")
-        raise AssertionError(f"{what}: not on the page after {timeout_s:.0f}s. Page text:\n{text[:3000]}")
-
-    def screenshot(self, name: str) -> Path:
-        SCREENSHOTS.mkdir(exist_ok=True)
-        path = SCREENSHOTS / f"mlflow-ui-{name}"
-        path.write_bytes(base64.b64decode(self._call("GET", f"{self.session}/screenshot")))
-        return path
-
-    def close(self) -> None:
-        self._call("DELETE", self.session)
+def wait_for(browser: WebDriver, source: str, what: str):
+    """Poll a script until it returns something truthy; fail with a screenshot and the page's text."""
+    try:
+        return browser.wait_for(source, timeout_s=PAGE_TIMEOUT_S, poll_s=0.5)
+    except TimeoutError:
+        save_screenshot(browser, "timeout.png")
+        text = browser.js("return document.body ? document.body.innerText : ''")
+        raise AssertionError(f"{what}: not on the page after {PAGE_TIMEOUT_S}s. Page text:\n{text[:3000]}") from None
 
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """A trained tiny pipeline, `make ui`'s server over its mlflow.db, and a browser."""
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("needs chromium and chromedriver on PATH: apt-get install -y chromium "
-                    "chromium-driver (.ci/run installs them)")
+        pytest.skip(MISSING)
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("mlflow_ui")
@@ -119,24 +74,17 @@ def ui(tmp_path_factory):
     command = makefile_ui_command(curdir=repo.path, port=port)
     # The GenAI job runners (8 processes) are irrelevant to this page and slow on 2 cores.
     env = {**repo.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    ui_log, driver_log = tmp / "mlflow-ui.log", tmp / "chromedriver.log"
+    ui_log = tmp / "mlflow-ui.log"
     with background(command, env=env, log_path=ui_log, cwd=repo.path) as server:
         repo.run("dvc repro")
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/health", proc=server, log_path=ui_log)
-        driver_port = free_port()
-        with background([CHROMEDRIVER, f"--port={driver_port}"], env=repo.env,
-                        log_path=driver_log) as driver:
-            driver_url = f"http://127.0.0.1:{driver_port}"
-            wait_http(f"{driver_url}/status", proc=driver, log_path=driver_log, timeout_s=30)
-            browser = Browser(driver_url, tempfile.mkdtemp(dir=tmp, prefix="chromium-profile-"))
-            try:
-                run_id = json.loads((repo.path / "reports/train/mlflow_run.json").read_text())["run_id"]
-                run = client.get_run(run_id)
-                yield {"repo": repo, "command": command, "port": port, "base": base,
-                       "browser": browser, "client": client, "run": run}
-            finally:
-                browser.close()
+        # Tall, so the image chart is inside the viewport (the UI loads images lazily).
+        with chromium(window_size="1400,2400") as browser:
+            run_id = json.loads((repo.path / "reports/train/mlflow_run.json").read_text())["run_id"]
+            run = client.get_run(run_id)
+            yield {"repo": repo, "command": command, "port": port, "base": base,
+                   "browser": browser, "client": client, "run": run}
 
 
 def test_ui_is_started_by_the_makefile_command(ui):
@@ -155,12 +103,13 @@ def test_runs_page_lists_the_training_run(ui):
     name = run.info.run_name
     assert name and run.info.status == "FINISHED"
     browser.get(f"{ui['base']}/#/experiments/{run.info.experiment_id}/runs")
-    browser.wait_for(
+    wait_for(
+        browser,
         f"return document.body.innerText.includes({json.dumps(name)})"
         " && document.body.innerText.includes('1 matching run')",
         f"run {name!r} in the runs table",
     )
-    assert browser.screenshot("runs.png").stat().st_size > 0
+    assert save_screenshot(browser, "runs.png").stat().st_size > 0
 
 
 def test_run_page_shows_the_sample_images(ui):
@@ -172,7 +121,8 @@ def test_run_page_shows_the_sample_images(ui):
     assert len(grids) == 2 and grids[0].endswith("+compressed.webp") and grids[1].endswith(".png")
 
     browser.get(f"{ui['base']}/#/experiments/{run.info.experiment_id}/runs/{run_id}/model-metrics")
-    images = browser.wait_for(
+    images = wait_for(
+        browser,
         "return [...document.images]"
         f".filter(i => i.src.includes('get-artifact') && i.src.includes('run_uuid={run_id}')"
         "  && i.complete && i.naturalWidth > 0)"
@@ -180,18 +130,19 @@ def test_run_page_shows_the_sample_images(ui):
         "a loaded <img> of the run's sample grid",
     )
     assert set(images) == {grids[0]}  # the chart shows the preview of the step-4 grid
-    assert browser.screenshot("run-model-metrics.png").stat().st_size > 0
+    assert save_screenshot(browser, "run-model-metrics.png").stat().st_size > 0
 
     # The full-size grid in the run's artifact browser: exactly the PNG the stage wrote.
     with Image.open(ui["repo"].path / "reports/train/samples/epoch_001.png") as grid:
         width, height = grid.size
     browser.get(f"{ui['base']}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
                 f"/artifacts/{grids[1]}")
-    sizes = browser.wait_for(
+    sizes = wait_for(
+        browser,
         f"return document.body.innerText.includes({json.dumps(grids[1])})"
         " && [...document.images].filter(i => i.src.startsWith('blob:') && i.complete"
         "  && i.naturalWidth > 0).map(i => [i.naturalWidth, i.naturalHeight])",
         f"the artifact preview of {grids[1]}",
     )
     assert sizes and all(size == [width, height] for size in sizes), (sizes, (width, height))
-    assert browser.screenshot("run-artifact-samples.png").stat().st_size > 0
+    assert save_screenshot(browser, "run-artifact-samples.png").stat().st_size > 0

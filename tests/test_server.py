@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _serving import CLASSES, LINEAGE, decode_png, export_model, free_port, port_open, running, wait_ready
+from _serving import CLASSES, LINEAGE, decode_png, export_model, port_open, running, wait_ready
+from pipeline_repo import free_port
 
 import ganops.server as server_module
 from ganops.cli import build_parser
