@@ -66,3 +66,15 @@ def gradient_penalty(
     (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)
     norms = grad.flatten(1).float().norm(2, dim=1)
     return ((norms - 1.0) ** 2).mean()
+
+
+def r1_penalty(D: nn.Module, real: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean over the batch of ||grad_x D(x)||^2 at real images.
+
+    It pulls D's gradient on the data to zero, which keeps the game near its equilibrium without
+    constraining D elsewhere. The caller scales it by gamma / 2 (and by the lazy interval).
+    """
+    x = real.detach().requires_grad_(True)
+    out = D(x, labels)
+    (grad,) = torch.autograd.grad(out.float().sum(), x, create_graph=True)
+    return grad.flatten(1).float().square().sum(dim=1).mean()

@@ -12,6 +12,8 @@ from torch import nn
 from ganops.fileio import write_bytes, write_json
 
 ARCHS = ("mlp", "dcgan")
+G_UPSAMPLES = ("transposed", "resize")
+D_NORMS = ("none", "batch", "spectral")
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,16 @@ class NetConfig:
     width: int = 64
     conditional: bool = False
     num_classes: int = 10
+    g_upsample: str = "transposed"
+    d_norm: str = "none"
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown model.arch '{self.arch}': choose one of {', '.join(ARCHS)}")
+        for key, value, choices in (("arch", self.arch, ARCHS), ("g_upsample", self.g_upsample, G_UPSAMPLES),
+                                    ("d_norm", self.d_norm, D_NORMS)):
+            if value not in choices:
+                raise ValueError(f"unknown model.{key} '{value}': choose one of {', '.join(choices)}")
+        if self.arch == "mlp" and self.d_norm == "batch":
+            raise ValueError("model.d_norm 'batch' is for arch dcgan: use none or spectral with mlp")
 
 
 def _init_dcgan(module: nn.Module) -> None:
@@ -38,6 +46,14 @@ def _init_dcgan(module: nn.Module) -> None:
     elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+
+
+def _upsample(kind: str, c_in: int, c_out: int, *, bias: bool) -> nn.Module:
+    """x2 upsampling: a stride-2 transposed conv, or nearest resize + 3x3 conv (Odena et al. 2016:
+    a 4x4 kernel at stride 2 overlaps unevenly, which draws the checkerboard; a resize cannot)."""
+    if kind == "transposed":
+        return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias))
 
 
 # In both nets activations run in place (~10% more img/s on the CPU): no layer here needs its output
@@ -64,9 +80,9 @@ class Generator(nn.Module):
                 nn.Linear(in_dim, 2 * w * 7 * 7, bias=False),
                 nn.Unflatten(1, (2 * w, 7, 7)),
                 nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),  # 7 -> 14
+                _upsample(cfg.g_upsample, 2 * w, w, bias=False),  # 7 -> 14
                 nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                nn.ConvTranspose2d(w, 1, 4, 2, 1),  # 14 -> 28
+                _upsample(cfg.g_upsample, w, 1, bias=True),  # 14 -> 28
                 nn.Tanh(),
             )
         self.apply(_init_dcgan)
@@ -94,17 +110,27 @@ class Discriminator(nn.Module):
                 nn.Linear(8 * w, feat), nn.LeakyReLU(0.2, inplace=True),
             )
         else:
-            # No batch norm: it would couple samples, which breaks the per-sample WGAN-GP penalty.
+            # d_norm "batch" normalises after the second conv as in Radford et al. (it couples the
+            # samples of a batch, so not with per-sample gradient penalties); "spectral" bounds each
+            # layer's Lipschitz constant (Miyato et al. 2018) instead.
             feat = 2 * w * 7 * 7
+            norm = nn.BatchNorm2d(2 * w) if cfg.d_norm == "batch" else nn.Identity()
             self.features = nn.Sequential(
                 nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),  # 28 -> 14
-                nn.Conv2d(w, 2 * w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),  # 14 -> 7
+                nn.Conv2d(w, 2 * w, 4, 2, 1, bias=cfg.d_norm != "batch"), norm,  # 14 -> 7
+                nn.LeakyReLU(0.2, inplace=True),
                 nn.Flatten(),
             )
         self.head = nn.Linear(feat, 1)
         # Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), features>.
         self.embed = nn.Embedding(cfg.num_classes, feat) if cfg.conditional else None
         self.apply(_init_dcgan)
+        if cfg.d_norm == "spectral":
+            # After the init: the parametrization wraps the initialised weights. The embedding is
+            # left as is, as in Miyato & Koyama's projection discriminator.
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(module)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x)

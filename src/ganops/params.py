@@ -39,25 +39,34 @@ class ModelParams:
     z_dim: int = 100
     width: int = 64  # channels of the first conv (dcgan) or hidden units / 4 (mlp)
     conditional: bool = False  # label embedding in G, projection discriminator
+    g_upsample: str = "transposed"  # transposed | resize (nearest x2 + 3x3 conv: no checkerboard)
+    d_norm: str = "none"  # none | batch (after D's 2nd conv) | spectral (every D layer)
 
 
 @dataclass(frozen=True)
 class TrainParams:
     seed: int = 0
-    epochs: int = 5  # ~1 min per 60k-image epoch of the default DCGAN on 2 idle CPU cores
+    epochs: int = 5  # passes over the training set; extending a finished run resumes it
     batch_size: int = 128  # per process under torchrun
     loss: str = "non_saturating"  # minimax | non_saturating | hinge | wgan_gp
     lr_g: float = 2e-4
     lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
+    betas_g: tuple[float, ...] = (0.5, 0.999)  # Adam (beta1, beta2) of G
+    betas_d: tuple[float, ...] = (0.5, 0.999)  # Adam (beta1, beta2) of D
     d_steps: int = 1  # discriminator steps per generator step
     gp_weight: float = 10.0  # wgan_gp only
-    ema_decay: float = 0.999  # EMA of G's weights (capped early at (1+step)/(10+step)); evaluated, exported
+    r1_gamma: float = 0.0  # R1 penalty gamma/2 * |grad D(real)|^2 (Mescheder et al. 2018); 0 = off
+    r1_every: int = 16  # lazy R1: every this many D steps, scaled by it (Karras et al. 2020)
+    augment: tuple[str, ...] = ()  # DiffAugment of real and fake in D: translation, cutout
+    ema_kimg: float = 10.0  # half-life of G's weight EMA in thousands of images; 0 = no EMA
+    ema_rampup: float = 0.05  # the half-life is at most this fraction of the images seen; 0 = none
+    ema_bn: str = "recompute"  # recompute | copy: EMA G's batch-norm statistics (see training.py)
+    curve_samples: int = 2000  # per-epoch fid of the EMA G on this many samples; 0 = off
     checkpoint_every: int = 500  # steps between checkpoints (and always at the end)
-    log_every: int = 50  # steps between metric logs
+    log_every: int = 50  # steps between metric logs (and at every epoch's end)
     max_steps: int = 0  # stop after this many generator steps; 0 runs all epochs
-    cpu_bf16: bool = True  # bf16 autocast on the CPU too (always on with CUDA); fp32 where the CPU lacks native bf16
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 autocast; auto: bf16 where native, else fp32 (CPU) / fp16 (CUDA)
 
 
 @dataclass(frozen=True)

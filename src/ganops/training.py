@@ -1,46 +1,43 @@
-"""The adversarial training loop: D and G steps, EMA generator, exact resume from checkpoints, tracking."""
+"""The adversarial training loop: D and G steps, EMA generator, quality curve, exact resume, tracking."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import functools
-import hashlib
 import io
-import json
-import os
-import random
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ganops import losses, plots, sampling, tracking
-from ganops.fileio import atomic_dir, atomic_path, write_bytes
+from ganops import checkpoints, losses, plots, quality, runtime, sampling, tracking
+from ganops.augment import check_policies, diff_augment
+from ganops.fileio import atomic_dir, write_bytes
 from ganops.networks import Discriminator, Generator, NetConfig, save_generator
 from ganops.params import Params, flatten
-from ganops.prepared import load_manifest, load_split, manifest_hash
+from ganops.prepared import load_manifest, load_split
 
-CHECKPOINT_NAME = "last.pt"
 GRID_SEEDS = range(64)  # the fixed latents of every sample grid: seeds 0..63, 8 per row
 GRID_COLUMNS = 8
+# Latents that the EMA generator's batch-norm statistics are recomputed on (apart from all others).
+BN_SEEDS = range(3_000_000, 3_000_000 + 4096)
+BN_BATCH = 512
+EMA_BN = ("recompute", "copy")
 # Logged every log_every steps (averaged over the window); all but img_per_s also go to losses.csv.
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g")
 CSV_COLUMNS = ("step", "epoch", *METRICS)
-# The code whose change makes an old checkpoint a different run (besides params and data).
-_SOURCES = ("training.py", "losses.py", "networks.py")
 
 
 def train(
     *,
     params: Params,
     prepared_dir: str | Path,
+    classifier_dir: str | Path,
+    reference_dir: str | Path,
     model_dir: str | Path,
     checkpoint_dir: str | Path,
     report_dir: str | Path,
@@ -48,20 +45,28 @@ def train(
     """Train the GAN of `params.model` with `params.train` on `prepared_dir`; resume when possible.
 
     Writes (rank 0 only): `model_dir` (the EMA generator, via save_generator), `checkpoint_dir/last.pt`,
-    `report_dir/losses.csv`, `report_dir/samples/epoch_XXX.png`, `report_dir/mlflow_run.json`.
+    `report_dir/losses.csv`, `report_dir/quality.csv` (the per-epoch fid curve, scored with
+    `classifier_dir` against `reference_dir`, which are read only when train.curve_samples > 0),
+    `report_dir/samples/epoch_XXX.png`, `report_dir/mlflow_run.json`.
     Under torchrun (WORLD_SIZE > 1) each process trains on its shard with DDP.
     Returns a summary: steps, epochs, resumed_at, images, seconds (this process's loop), img_per_s,
-    run_id, device, world_size.
+    run_id, device, world_size, precision, fid_curve (the last point, or None).
     """
     mp, tp = params.model, params.train
     _check(tp)
+    if mp.d_norm == "batch" and (tp.loss == "wgan_gp" or tp.r1_gamma > 0):
+        raise ValueError("model.d_norm batch couples the samples of a batch, which breaks per-sample "
+                         "gradient penalties (wgan_gp, r1_gamma): use d_norm none or spectral")
     prepared_dir, checkpoint_dir, report_dir = Path(prepared_dir), Path(checkpoint_dir), Path(report_dir)
     manifest = load_manifest(prepared_dir)
-    with _training_process() as (rank, world, device):
+    with runtime.training_process(tp.device) as proc:
+        rank, world, device = proc.rank, proc.world, proc.device
         main = rank == 0
+        precision = runtime.resolve_precision(tp.precision, device, announce=main)
         images, labels = _load_images(prepared_dir, device)
         n, batch = images.shape[0], tp.batch_size
-        cfg = NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, int(manifest["num_classes"]))
+        cfg = NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, int(manifest["num_classes"]),
+                        g_upsample=mp.g_upsample, d_norm=mp.d_norm)
         steps_per_epoch = n // world // batch // tp.d_steps  # every rank gets n // world images
         if steps_per_epoch == 0:
             raise ValueError(
@@ -71,24 +76,38 @@ def train(
         total = tp.epochs * steps_per_epoch
         if tp.max_steps:
             total = min(total, tp.max_steps)
+        # Loaded before training: a missing classifier must not fail the run after its first epoch.
+        curve = quality.QualityCurve(
+            classifier_dir, reference_dir, num_samples=tp.curve_samples, z_dim=cfg.z_dim,
+            num_classes=cfg.num_classes, conditional=cfg.conditional, device=device,
+        ) if tp.curve_samples and main else None
 
         # Identical initial weights on every rank; then each rank draws its own noise.
-        _seed_all(tp.seed)
+        checkpoints.seed_all(tp.seed)
         G, D = Generator(cfg).to(device), Discriminator(cfg).to(device)
         G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        opt_g = torch.optim.Adam(G.parameters(), lr=tp.lr_g, betas=(tp.beta1, tp.beta2), fused=True)
-        opt_d = torch.optim.Adam(D.parameters(), lr=tp.lr_d, betas=(tp.beta1, tp.beta2), fused=True)
-        _seed_all(tp.seed + rank)
+        opt_g = torch.optim.Adam(G.parameters(), lr=tp.lr_g, betas=tuple(tp.betas_g), fused=True)
+        opt_d = torch.optim.Adam(D.parameters(), lr=tp.lr_d, betas=tuple(tp.betas_d), fused=True)
+        # One loss scaler per network (fp16 only; no-ops otherwise): their gradients differ in scale.
+        scaler_g, scaler_d = runtime.grad_scaler(precision, device), runtime.grad_scaler(precision, device)
+        checkpoints.seed_all(tp.seed + rank)
 
-        config_hash = _config_hash(params, prepared_dir, world)
-        ckpt_path = checkpoint_dir / CHECKPOINT_NAME
-        state = _load_checkpoint(ckpt_path, config_hash, announce=main)
+        config_hash = checkpoints.config_hash(mp, tp, prepared_dir, world)
+        ckpt_path = checkpoint_dir / checkpoints.CHECKPOINT_NAME
+        state = checkpoints.load(ckpt_path, config_hash, rank=rank, world=world)
         if state is not None:
-            for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+            for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d"),
+                                (scaler_g, "scaler_g"), (scaler_d, "scaler_d")):
                 module.load_state_dict(state[key])
-            _set_rng_state(state["rng"][rank])
+            checkpoints.set_rng_state(state["rng"][rank])
         start = state["step"] if state else 0
+        if start > total:
+            raise ValueError(
+                f"{ckpt_path} is at step {start}, past this run's {total} steps: raise train.epochs "
+                f"(or train.max_steps), or delete {ckpt_path} to train from scratch"
+            )
         rows: list[dict] = state["rows"] if state else []
+        curve_rows: list[dict] = state["curve_rows"] if state else []
         grids: dict[int, torch.Tensor] = state["grids"] if state else {}
         window = state["window"].to(device) if state else torch.zeros(len(METRICS), device=device)
 
@@ -100,10 +119,10 @@ def train(
         D_train = DDP(D, device_ids=ddp_devices) if world > 1 else D
         grid_z = torch.from_numpy(sampling.latents(GRID_SEEDS, cfg.z_dim)).to(device)
         grid_y = _grid_labels(cfg, device)
-        # bf16 autocast on CUDA, and on the CPU when asked; a fresh context per use (an autocast
-        # object is not re-entrant).
-        autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
-                                     enabled=device.type == "cuda" or _cpu_bf16(tp, main))
+        bn_z = torch.from_numpy(sampling.latents(BN_SEEDS, cfg.z_dim)).to(device)
+        bn_y = torch.arange(len(BN_SEEDS), device=device) % cfg.num_classes if cfg.conditional else None
+        autocast = runtime.autocast_factory(precision, device)
+        augment = functools.partial(diff_augment, policies=tp.augment)
         bar = tqdm(total=total, initial=start, file=sys.stderr, disable=not main, unit="step",
                    dynamic_ncols=True)
         images_per_step = batch * tp.d_steps * world
@@ -125,29 +144,36 @@ def train(
                     z = torch.randn(batch, cfg.z_dim, device=device)
                     with torch.set_grad_enabled(k == tp.d_steps - 1), autocast():
                         fake = G_train(z, y)
-                    loss_d, d_real, d_fake = _d_step(D_train=D_train, D=D, opt_d=opt_d, tp=tp, real=real,
-                                                     fake=fake.detach(), labels=y, autocast=autocast)
+                    r1 = tp.r1_gamma > 0 and (step * tp.d_steps + k) % tp.r1_every == 0
+                    loss_d, d_real, d_fake = _d_step(
+                        D_train=D_train, D=D, opt_d=opt_d, scaler=scaler_d, tp=tp, real=augment(real),
+                        fake=augment(fake.detach()), labels=y, autocast=autocast, r1=r1)
                 grad_norm_d = _grad_norm(D)
 
                 # Generator step through the plain D (no DDP hooks: D's parameters get no gradient).
                 D.requires_grad_(False)
                 with autocast():
-                    loss_g = losses.g_loss(tp.loss, D(fake, y).float())
+                    loss_g = losses.g_loss(tp.loss, D(augment(fake), y).float())
                 opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
+                scaler_g.scale(loss_g).backward()
+                scaler_g.unscale_(opt_g)
                 grad_norm_g = _grad_norm(G)
-                opt_g.step()
+                scaler_g.step(opt_g)
+                scaler_g.update()
                 D.requires_grad_(True)
 
-                _ema_update(G_ema, G, _ema_decay(tp.ema_decay, step))
+                _ema_update(G_ema, G, _ema_beta(tp, step=step, batch=batch * world),
+                            copy_bn=tp.ema_bn == "copy")
 
-                # Logging: window sums stay on the device; one sync per log.
+                # Logging: window sums stay on the device; one sync per log. Every epoch's end closes
+                # a window too, so a run extended after its last epoch logs what a longer run would.
                 window += torch.stack([loss_d, loss_g.detach(), d_real, d_fake,
                                        grad_norm_d, grad_norm_g]).float()
                 done, timed = step + 1, timed + 1
                 bar.update(1)
-                if done % tp.log_every == 0 or done == total:
-                    count = done - (done - 1) // tp.log_every * tp.log_every
+                epoch_end = i == steps_per_epoch - 1
+                if done % tp.log_every == 0 or epoch_end or done == total:
+                    count = done - _window_start(step, tp.log_every, steps_per_epoch)
                     values = dict(zip(METRICS, (window / count).tolist()))
                     window.zero_()
                     now = time.perf_counter()
@@ -156,28 +182,39 @@ def train(
                     tracker.log_metrics({**values, "img_per_s": rate}, step=done)
                     bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}",
                                     img_s=f"{rate:.0f}")
-                if i == steps_per_epoch - 1 or done == total:
+                if epoch_end or done == total:
+                    if tp.ema_bn == "recompute":
+                        _recompute_bn_stats(G_ema, bn_z, bn_y)
                     grids[epoch + 1] = _sample_grid(G_ema, grid_z, grid_y)
                     if main:
                         _write_grid(report_dir / "samples", epoch + 1, grids[epoch + 1])
                         tracker.log_image(grids[epoch + 1].numpy(), key="samples", step=done)
+                    if curve is not None:
+                        point = {"step": done, "epoch": epoch + 1, "fid_curve": curve.fid(G_ema)}
+                        curve_rows = [r for r in curve_rows if r["step"] != done] + [point]
+                        tracker.log_metrics({"fid_curve": point["fid_curve"]}, step=done)
+                        bar.write(f"epoch {epoch + 1}: fid_curve {point['fid_curve']:.2f} "
+                                  f"({tp.curve_samples} samples)", file=sys.stderr)
 
                 # Checkpoint last, so a resumed run restarts exactly after this step.
                 if done % tp.checkpoint_every == 0 or done == total:
                     tracker.flush()  # metrics up to here survive a crash; later ones are logged again
-                    rng = _gather(_rng_state(), world)
+                    rng = checkpoints.gather(checkpoints.rng_state(), world)
                     if main:
-                        _save_checkpoint(ckpt_path, {
+                        checkpoints.save(ckpt_path, {
                             "config_hash": config_hash, "step": done, "run_id": tracker.run_id,
                             "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng,
-                            "rows": rows, "grids": grids, "window": window.cpu(),
+                            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                            "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
+                            "rng": rng, "rows": rows, "curve_rows": curve_rows, "grids": grids,
+                            "window": window.cpu(),
                         })
             seconds = time.perf_counter() - t_loop
             bar.close()
             if main:
                 _write_outputs(G_ema=G_ema, tags=tags, manifest=manifest, run_id=tracker.run_id,
-                               model_dir=Path(model_dir), report_dir=report_dir, rows=rows, grids=grids)
+                               model_dir=Path(model_dir), report_dir=report_dir, rows=rows,
+                               curve_rows=curve_rows, grids=grids)
                 tracker.log_artifact(report_dir / "losses.csv", "train")
                 tracker.close("FINISHED")
         except BaseException as e:
@@ -189,62 +226,38 @@ def train(
         "steps": total, "epochs": total / steps_per_epoch, "resumed_at": start,
         "images": steps * images_per_step, "seconds": seconds,
         "img_per_s": steps * images_per_step / seconds if seconds > 0 and steps else 0.0,
-        "run_id": tracker.run_id, "device": str(device), "world_size": world,
+        "run_id": tracker.run_id, "device": str(device), "world_size": world, "precision": precision,
+        "fid_curve": curve_rows[-1]["fid_curve"] if curve_rows else None,
     }
 
 
-def _cpu_bf16(tp, announce: bool) -> bool:
-    """train.cpu_bf16, unless this CPU has no native bf16: emulated bf16 is slower than fp32."""
-    if not tp.cpu_bf16:
-        return False
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return True
-    if announce:
-        print("train: train.cpu_bf16 is set but this CPU has no native bf16; training in fp32",
-              file=sys.stderr)
-    return False
+def _window_start(step: int, log_every: int, steps_per_epoch: int) -> int:
+    """Where the logging window that ends after `step` began: the last multiple of log_every or
+    epoch end at or before `step` (a window never spans two epochs)."""
+    return max(step // log_every * log_every, step // steps_per_epoch * steps_per_epoch)
 
 
 def _check(tp) -> None:
     """Reject train params that would silently misbehave, naming the key and the fix."""
     if tp.loss not in losses.LOSSES:
         raise losses.unknown_loss(tp.loss)
-    for key in ("epochs", "batch_size", "d_steps", "log_every", "checkpoint_every"):
+    for key in ("epochs", "batch_size", "d_steps", "log_every", "checkpoint_every", "r1_every"):
         if getattr(tp, key) < 1:
             raise ValueError(f"train.{key} must be >= 1 in params.yaml, got {getattr(tp, key)}")
     if tp.max_steps < 0:
         raise ValueError(f"train.max_steps must be >= 0 (0 = all epochs), got {tp.max_steps}")
-    if not 0.0 <= tp.ema_decay < 1.0:
-        raise ValueError(f"train.ema_decay must be in [0, 1), got {tp.ema_decay}")
-
-
-@contextlib.contextmanager
-def _training_process():
-    """Yield (rank, world size, device): joins the torchrun process group when WORLD_SIZE > 1 and
-    makes the CPU deterministic; on exit leaves the group and the caller's (a test's) settings."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.utils.deterministic.fill_uninitialized_memory)
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    else:
-        device = torch.device("cpu")
-        # Bit-identical runs on the CPU: what the kill-and-resume guarantee rests on. Filling every
-        # new tensor with NaN (a debugging aid of this mode) costs ~15% here and changes no result.
-        torch.use_deterministic_algorithms(True)
-        torch.utils.deterministic.fill_uninitialized_memory = False
-    try:
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        yield (dist.get_rank() if world > 1 else 0), world, device
-    finally:
-        torch.use_deterministic_algorithms(saved[0])
-        torch.utils.deterministic.fill_uninitialized_memory = saved[1]
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    if tp.curve_samples < 0 or tp.curve_samples == 1:
+        raise ValueError(f"train.curve_samples must be 0 (off) or at least 2, got {tp.curve_samples}")
+    for key in ("ema_kimg", "ema_rampup", "r1_gamma"):
+        if getattr(tp, key) < 0:
+            raise ValueError(f"train.{key} must be >= 0, got {getattr(tp, key)}")
+    for key in ("betas_g", "betas_d"):
+        betas = getattr(tp, key)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"train.{key} must be [beta1, beta2] with each in [0, 1), got {list(betas)}")
+    if tp.ema_bn not in EMA_BN:
+        raise ValueError(f"unknown train.ema_bn '{tp.ema_bn}': choose one of {', '.join(EMA_BN)}")
+    check_policies(tp.augment)
 
 
 def _load_images(prepared_dir: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,21 +279,30 @@ def _epoch_order(seed: int, epoch: int, n: int, rank: int, world: int, device) -
     return torch.from_numpy(perm[rank::world][:per_rank]).to(device)
 
 
-def _d_step(*, D_train, D, opt_d, tp, real: torch.Tensor, fake: torch.Tensor,
-            labels: torch.Tensor | None, autocast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One discriminator update on real and (detached) fake; returns (loss, d_real, d_fake), detached."""
+def _d_step(*, D_train, D, opt_d, scaler, tp, real: torch.Tensor, fake: torch.Tensor,
+            labels: torch.Tensor | None, autocast, r1: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One discriminator update on real and (detached) fake; returns (loss, d_real, d_fake), detached.
+
+    Real and fake pass through D separately, as in Radford et al.: with d_norm batch each is
+    normalised by its own batch statistics. `r1`: add the lazy R1 penalty on this step.
+    """
     with autocast():
         real_logits, fake_logits = D_train(real, labels).float(), D_train(fake, labels).float()
     loss = losses.d_loss(tp.loss, real_logits, fake_logits)
+    # Penalties go through the plain D: their double-backward graph joins the same one backward,
+    # and DDP averages the summed gradient as usual.
     if tp.loss == "wgan_gp":
-        # Through the plain D: its double-backward graph joins the same one backward, and DDP
-        # averages the summed gradient as usual.
         with autocast():
             gp = losses.gradient_penalty(D, real, fake, labels)
         loss = loss + tp.gp_weight * gp
+    if r1:
+        with autocast():
+            penalty = losses.r1_penalty(D, real, labels)
+        loss = loss + tp.r1_gamma / 2 * tp.r1_every * penalty
     opt_d.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_d.step()
+    scaler.scale(loss).backward()
+    scaler.step(opt_d)
+    scaler.update()
     if tp.loss in ("minimax", "non_saturating"):
         # As probabilities D(x) = sigmoid(logit) for the BCE losses; raw critic scores otherwise.
         real_logits, fake_logits = torch.sigmoid(real_logits), torch.sigmoid(fake_logits)
@@ -295,18 +317,43 @@ def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
-def _ema_decay(decay: float, step: int) -> float:
-    """The EMA decay at `step`: ramps up as (1 + step) / (10 + step) so the random initial weights
-    fade out of short runs too (0.999 alone would keep ~10% of them after 2,300 steps)."""
-    return min(decay, (1.0 + step) / (10.0 + step))
+def _ema_beta(tp, *, step: int, batch: int) -> float:
+    """The weight of the old average after G step `step` (stylegan2-ada's ema_kimg / ema_rampup): a
+    half-life of train.ema_kimg thousand images, early on at most ema_rampup x the images seen, so the
+    random initial weights fade out of short runs too. 0 (EMA G = G) when ema_kimg is 0."""
+    ema_nimg = tp.ema_kimg * 1000
+    if tp.ema_rampup > 0:
+        ema_nimg = min(ema_nimg, (step + 1) * batch * tp.ema_rampup)
+    return 0.5 ** (batch / ema_nimg) if ema_nimg > 0 else 0.0
 
 
 @torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model for parameters; buffers (batch-norm stats) copied."""
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, beta: float, *, copy_bn: bool) -> None:
+    """ema = beta * ema + (1 - beta) * model for parameters; batch-norm statistics copied from the
+    raw G only when `copy_bn` (else they are recomputed for the EMA weights before each use)."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - beta)
+    if copy_bn:
+        for b_ema, b in zip(ema.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+@torch.no_grad()
+def _recompute_bn_stats(G_ema: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> None:
+    """Batch-norm statistics of the EMA weights' own activations, from fixed latents (BigGAN's
+    "standing statistics"). The raw G's running statistics describe other weights: used with the
+    EMA weights they shift every feature map. Consumes no random numbers; deterministic."""
+    norms = [m for m in G_ema.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a plain average over the batches below
+    G_ema.train()
+    for i in range(0, len(z), BN_BATCH):
+        G_ema(z[i : i + BN_BATCH], None if y is None else y[i : i + BN_BATCH])
+    G_ema.eval()
+    for bn in norms:
+        bn.momentum = 0.1
 
 
 def _grid_labels(cfg: NetConfig, device) -> torch.Tensor | None:
@@ -329,8 +376,9 @@ def _write_grid(directory: Path, epoch: int, image: torch.Tensor) -> None:
 
 
 def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id: str, model_dir: Path,
-                   report_dir: Path, rows: list[dict], grids: dict[int, torch.Tensor]) -> None:
-    """models/gan (EMA generator + lineage), every sample grid, losses.csv."""
+                   report_dir: Path, rows: list[dict], curve_rows: list[dict],
+                   grids: dict[int, torch.Tensor]) -> None:
+    """models/gan (EMA generator + lineage), every sample grid, losses.csv, quality.csv."""
     lineage = {key: tags[key] for key in ("git_commit", "data_manifest_sha256", "params_sha256")}
     lineage.update(dataset=manifest.get("dataset", ""), mlflow_run_id=run_id)
     save_generator(model_dir, G_ema, extra={
@@ -341,6 +389,7 @@ def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id
         for epoch, image in grids.items():
             _write_grid(tmp, epoch, image)
     _write_losses_csv(report_dir / "losses.csv", rows)
+    _write_quality_csv(report_dir / "quality.csv", curve_rows)
     # The same curves as a PNG: dvc plots' HTML needs vega from a CDN, a PNG renders offline.
     steps = [row["step"] for row in rows]
     write_bytes(report_dir / "losses.png", plots.curves_png(
@@ -355,6 +404,12 @@ def _write_losses_csv(path: Path, rows: list[dict]) -> None:
     for row in rows:
         writer.writerow([row["step"], row["epoch"], *(f"{row[m]:.6g}" for m in METRICS)])
     write_bytes(path, buf.getvalue().encode())
+
+
+def _write_quality_csv(path: Path, rows: list[dict]) -> None:
+    """quality.csv for `dvc plots`: step, epoch, fid_curve (the header alone when the curve is off)."""
+    lines = ["step,epoch,fid_curve", *(f"{r['step']},{r['epoch']},{r['fid_curve']:.6g}" for r in rows)]
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def _open_tracker(main: bool, state: dict | None, *, params: Params, tags: dict, report_dir: Path):
@@ -372,75 +427,3 @@ def _open_tracker(main: bool, state: dict | None, *, params: Params, tags: dict,
         tracker.log_params(flatten(params))
     tracking.write_run_id(report_dir / "mlflow_run.json", tracker.run_id)
     return tracker
-
-
-def _config_hash(params: Params, prepared_dir: Path, world: int) -> str:
-    """What makes a checkpoint resumable: model + train params, the data, the code, the world size."""
-    here = Path(__file__).parent
-    blob = json.dumps({
-        "model": asdict(params.model), "train": asdict(params.train),
-        "data": manifest_hash(prepared_dir), "world_size": world,
-        "code": [hashlib.sha256((here / name).read_bytes()).hexdigest() for name in _SOURCES],
-    }, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _load_checkpoint(path: Path, config_hash: str, *, announce: bool) -> dict | None:
-    """The checkpoint's state if it belongs to this config, else None (and say why)."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: never resume from it
-        if announce:
-            print(f"train: ignoring unreadable checkpoint {path} ({e}); starting fresh", file=sys.stderr)
-        return None
-    if state.get("config_hash") != config_hash:
-        if announce:
-            print(f"train: checkpoint {path} is from different params, data or code; starting fresh",
-                  file=sys.stderr)
-        return None
-    if announce:
-        print(f"train: resuming from {path} at step {state['step']} (MLflow run {state['run_id']})",
-              file=sys.stderr)
-    return state
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    """Python, NumPy, torch and CUDA RNG states, in types torch.load(weights_only=True) accepts."""
-    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    return {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    kind, key, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _gather(obj, world: int) -> list:
-    """Every rank's `obj`, in rank order (each rank's RNG state goes into rank 0's checkpoint)."""
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
