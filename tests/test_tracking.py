@@ -249,6 +249,7 @@ def test_lineage_tags_clean_and_dirty(tmp_path: Path, tiny_prepared: Path, monke
         "dvc_exp_name": "",
         "data_manifest_sha256": hashlib.sha256((tiny_prepared / "manifest.json").read_bytes()).hexdigest(),
         "params_sha256": params_hash(params),
+        "params_sha256_sections": "data,prepare,model,train",
     }
     # DVC rewrites dvc.lock and .gitignore during repro: not a code change.
     (repo / "dvc.lock").write_text("a: 2\n")
@@ -276,7 +277,9 @@ def test_run_id_file_round_trip(tmp_path: Path, uri: str):
     path = tmp_path / "reports" / "train" / "mlflow_run.json"
     write_run_id(path, "abc")
     assert read_run_id(path) == "abc"
-    assert json.loads(path.read_text()) == {"run_id": "abc", "tracking_uri": uri}
+    # The store lies outside any repository here: only its name is written (no machine paths).
+    assert json.loads(path.read_text()) == {
+        "run_id": "abc", "experiment": "ganops", "tracking_uri": "sqlite:///<outside the repository>/mlflow.db"}
     first = path.read_bytes()
     write_run_id(path, "abc")
     assert path.read_bytes() == first

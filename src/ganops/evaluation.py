@@ -26,7 +26,7 @@ from ganops.networks import Generator, load_generator
 from ganops.params import EvaluateParams
 from ganops.prepared import load_manifest, load_split, manifest_hash
 from ganops.sampling import grid, latents, png_bytes, to_uint8
-from ganops.tracking import Tracker, read_run_id
+from ganops.tracking import Tracker, find_run, model_lineage_tags, read_run_id
 
 REFERENCE_JSON = "reference.json"
 TRAIN_SAMPLE_SEED = 0  # which train images form the *_real floor sample; fixed so the floor is stable
@@ -199,7 +199,9 @@ def evaluate(
     """Score the generator in `model_dir`, write `out_dir`/{metrics.json, details.json, samples.png,
     class_histogram.png}, log the metrics into the training MLflow run, then apply the quality gate.
 
-    Returns the metrics; raises QualityGateError (after writing and logging) when fid > max_fid.
+    When the store lacks the training run, the metrics go to a new run tagged with its id
+    (Tracker.for_stage). Returns the metrics; raises QualityGateError (after writing and logging)
+    when fid > max_fid.
     """
     if params.num_samples < 2 or params.batch_size < 1:
         raise ValueError(
@@ -208,6 +210,7 @@ def evaluate(
         )
     # Everything that can be checked is checked before the long work, not after it.
     run_id = read_run_id(run_id_path)
+    find_run(run_id)  # raises when the store is unusable; a run missing from it is handled below
     generator, gmeta = load_generator(model_dir)
     classifier, cmeta = load_classifier(classifier_dir)
     version = cmeta["feature_extractor_version"]
@@ -285,7 +288,7 @@ def evaluate(
     )
 
     gate_failed = params.max_fid is not None and results["fid"] > params.max_fid
-    with Tracker.resume(run_id) as tracker:
+    with Tracker.for_stage(run_id, stage="evaluate", tags=model_lineage_tags(gmeta)) as tracker:
         tracker.log_metrics(results, step=0)
         tracker.log_image(sample_grid, key="evaluate_samples", step=0)
         tracker.log_artifact(out_dir / "class_histogram.png", "evaluate")

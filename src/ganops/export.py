@@ -198,16 +198,22 @@ def register_onnx(*, onnx_path: str | Path, run_id: str, sha256: str, register: 
 
 def run_export(*, model_dir: str | Path, run_file: str | Path, onnx_path: str | Path,
                report_path: str | Path, params: ExportParams) -> dict:
-    """The export stage: export with parity gate, log/register in MLflow, write reports/export.json."""
-    from ganops.tracking import Tracker, read_run_id
+    """The export stage: export with parity gate, log/register in MLflow, write reports/export.json.
+
+    The ONNX metadata names the training run; when the store lacks it, the model is logged and
+    registered in a new run tagged with its id (Tracker.for_stage) rather than the export lost.
+    """
+    from ganops.tracking import Tracker, find_run, model_lineage_tags, read_run_id
 
     run_id = read_run_id(run_file)
+    find_run(run_id)  # raises when the store is unusable, before the export rather than after it
+    _, meta = load_generator(model_dir)
     report = export_onnx(model_dir=model_dir, onnx_path=onnx_path, opset=params.opset,
                          lineage={"mlflow_run_id": run_id}, parity_seeds=params.parity_seeds,
                          parity_atol=params.parity_atol)
-    tracker = Tracker.resume(run_id)  # fails clearly when the run is not in this store
+    tracker = Tracker.for_stage(run_id, stage="export", tags=model_lineage_tags(meta))
     try:
-        version = register_onnx(onnx_path=onnx_path, run_id=run_id, sha256=report["sha256"],
+        version = register_onnx(onnx_path=onnx_path, run_id=tracker.run_id, sha256=report["sha256"],
                                 register=params.register)
         tracker.log_metrics({"export.parity_max_abs_diff": report["parity_max_abs_diff"],
                              "export.size_bytes": float(report["size_bytes"])}, step=0)

@@ -205,7 +205,21 @@ def flatten(params: Params) -> dict[str, object]:
     return out
 
 
-def params_hash(params: Params) -> str:
-    """SHA-256 of the canonical JSON of all params: a lineage tag shared by train, export and serve."""
-    blob = json.dumps(flatten(params), sort_keys=True, separators=(",", ":"))
+# The sections that shape a trained model; evaluate, export and serve settings do not.
+LINEAGE_SECTIONS = ("data", "prepare", "model", "train")
+
+
+def params_hash(params: Params, sections: tuple[str, ...] = LINEAGE_SECTIONS) -> str:
+    """SHA-256 of the canonical JSON of `sections` of params: the lineage tag params_sha256.
+
+        params_hash(p)                     # what made the model: data, prepare, model, train
+        params_hash(p, ("evaluate",))      # one other section
+    """
+    known = [f.name for f in dataclasses.fields(Params)]
+    unknown = [name for name in sections if name not in known]
+    if unknown or not sections:
+        raise ValueError(f"params_hash: sections {list(sections)} must be a non-empty subset of {known}")
+    prefixes = tuple(f"{name}." for name in sections)
+    flat = {k: v for k, v in flatten(params).items() if k.startswith(prefixes)}
+    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -5,12 +5,14 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
 from ganops.fileio import write_json
-from ganops.params import Params, flatten, params_hash
+from ganops.params import LINEAGE_SECTIONS, Params, flatten, params_hash
 from ganops.prepared import load_manifest, manifest_hash
 
 # Set before mlflow is imported anywhere through this module: no usage pings from runs or tests.
@@ -82,6 +84,43 @@ def tracking_uri() -> str:
     if env_uri:
         return env_uri
     return f"sqlite:///{repo_root() / STORE_NAME}"
+
+
+def store_description(uri: str) -> str:
+    """`uri` as a tracked file may hold it: without this machine's paths or a password.
+
+    A SQLite file inside the repository becomes relative to its root (`sqlite:///mlflow.db`, what
+    MLflow reads from the root); one outside keeps only its name (`sqlite:///<outside the
+    repository>/x.db`); a server's URI stays as it is, less any password.
+    """
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        db_path = Path(uri[len(prefix) :])
+        if not db_path.is_absolute():
+            return uri
+        try:
+            return prefix + db_path.resolve().relative_to(repo_root().resolve()).as_posix()
+        except ValueError:
+            return f"{prefix}<outside the repository>/{db_path.name}"
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}@" if parts.username else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def run_name(params: Params) -> str:
+    """A training run's MLflow name: the DVC experiment's when DVC runs one, else what it trains.
+
+        Tracker.start(run_name=run_name(p), tags=...)   # "lucky-lark" or "dcgan-non_saturating-5ep"
+    """
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    if exp_name:
+        return exp_name
+    m, t = params.model, params.train
+    length = f"{t.max_steps}steps" if t.max_steps else f"{t.epochs}ep"
+    return "-".join([m.arch, *(["conditional"] if m.conditional else []), t.loss, length])
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -187,6 +226,28 @@ class Tracker:
         client.update_run(run_id, status="RUNNING")
         return cls(client=client, run_id=run_id, uri=uri)
 
+    @classmethod
+    def for_stage(cls, run_id: str, *, stage: str, tags: Mapping[str, str],
+                  uri: str | None = None) -> Tracker:
+        """The run a stage after training logs into: the training run `run_id` when the store holds
+        it, else (a store reset, or models from `dvc pull` without the git-ignored mlflow.db) a new
+        run tagged `train_run_id` = `run_id`, `stage` and `tags`, said so on stderr. A stage's work
+        is never lost to bookkeeping.
+        """
+        uri = uri or tracking_uri()
+        if find_run(run_id, uri=uri):
+            return cls.resume(run_id, uri=uri)
+        exp_name = os.environ.get("DVC_EXP_NAME", "")
+        tracker = cls.start(
+            run_name=f"{exp_name or 'run-' + run_id[:8]}-{stage}",
+            tags={**tags, "train_run_id": run_id, "stage": stage},
+            uri=uri,
+        )
+        print(f"{stage}: MLflow run {run_id} of the training is not in {store_description(uri)} "
+              f"(a reset store, or another one); logging {stage} into the new run {tracker.run_id}, "
+              f"tagged train_run_id={run_id}", file=sys.stderr)
+        return tracker
+
     def log_params(self, params: Mapping[str, object] | Params) -> None:
         """Log params under their params.yaml names (`train.lr_g`); a Params is flattened first.
 
@@ -271,6 +332,26 @@ class Tracker:
         self.close("FAILED" if exc_type is not None else "FINISHED")
 
 
+def find_run(run_id: str, *, uri: str | None = None) -> bool:
+    """Whether the store holds `run_id` as a run that can be logged into (not deleted).
+
+    Raises TrackingError when the store itself is unusable (a server that fails, a deleted
+    experiment), so that a stage can fail before its long work rather than after it.
+    """
+    uri = uri or tracking_uri()
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except _mlflow().exceptions.MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"MLflow store {store_description(uri)} cannot be read: {e}") from e
+        run = None
+    if run is not None and run.info.lifecycle_stage == "active":
+        return True
+    _experiment_id(client, DEFAULT_EXPERIMENT, uri)  # a new run will need its experiment usable
+    return False
+
+
 class NullTracker:
     """Tracker that does nothing: for DDP ranks other than 0."""
 
@@ -327,6 +408,9 @@ _DIRTY_EXCLUDES = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore")
 def lineage_tags(*, manifest_dir: str | Path, params: Params, repo_dir: str | Path = ".") -> dict[str, str]:
     """What a model was made from: code commit, uncommitted changes, DVC experiment, data, params.
 
+    params_sha256 hashes only the sections that shape a model (params_sha256_sections names them):
+    changing serve.port or evaluate.seed leaves a model's lineage as it is.
+
     git_commit/git_dirty are "unknown" outside a git repo. git_dirty counts modified tracked files
     and untracked, non-ignored files, except dvc.lock and .gitignore files, which DVC rewrites
     during `dvc repro` itself.
@@ -344,12 +428,24 @@ def lineage_tags(*, manifest_dir: str | Path, params: Params, repo_dir: str | Pa
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "data_manifest_sha256": manifest_hash(manifest_dir),
         "params_sha256": params_hash(params),
+        "params_sha256_sections": ",".join(LINEAGE_SECTIONS),
     }
 
 
+def model_lineage_tags(meta: dict) -> dict[str, str]:
+    """A saved generator's lineage (generator.json) as tags, for a run other than its training run."""
+    lineage = meta.get("lineage", {})
+    return {k: str(v) for k, v in lineage.items() if k != "mlflow_run_id" and v is not None}
+
+
 def write_run_id(path: str | Path, run_id: str, *, uri: str | None = None) -> None:
-    """Write {"run_id", "tracking_uri"} (reports/train/mlflow_run.json) atomically."""
-    write_json(path, {"run_id": run_id, "tracking_uri": uri or tracking_uri()})
+    """Write {"run_id", "experiment", "tracking_uri"} (reports/train/mlflow_run.json) atomically.
+
+    The file is tracked by git, so the store is described without this machine's paths
+    (store_description): the same run gives the same bytes wherever the repository lies.
+    """
+    write_json(path, {"run_id": run_id, "experiment": DEFAULT_EXPERIMENT,
+                      "tracking_uri": store_description(uri or tracking_uri())})
 
 
 def read_run_id(path: str | Path) -> str:
