@@ -20,12 +20,12 @@ def test_torchrun_two_gloo_processes(tmp_path, tiny_prepared):
     (tmp_path / "params.yaml").write_text(json.dumps({
         "model": {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True},
         "train": {"batch_size": 8, "epochs": 1, "loss": "wgan_gp", "d_steps": 2,
-                  "checkpoint_every": 4, "log_every": 2},
+                  "checkpoint_every": 4, "log_every": 2, "curve_samples": 0, "device": "cpu"},
     }))
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO / "stages" / "train.py"), str(tiny_prepared), "gan", "ckpt", "reports"],
+         str(REPO / "stages" / "train.py"), str(tiny_prepared), "none", "none", "gan", "ckpt", "reports"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -52,3 +52,41 @@ def test_torchrun_two_gloo_processes(tmp_path, tiny_prepared):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ckpt", "gan", "mlartifacts", "mlflow.db", "params.yaml", "prepared", "reports",
     ]
+
+
+RANK_SCRIPT = """
+import os, sys
+from ganops import params
+from ganops.training import train
+rank = os.environ["RANK"]
+# Each rank has its own checkpoint directory, as on separate nodes: only rank 0's holds last.pt.
+s = train(params=params.load("params.yaml"), prepared_dir=sys.argv[1], classifier_dir="none",
+          reference_dir="none", model_dir="gan", checkpoint_dir=f"ckpt-rank{rank}", report_dir="reports")
+print(f"rank {rank} resumed_at {s['resumed_at']} steps {s['steps']}", flush=True)
+"""
+
+
+def test_multi_node_resume_reads_rank_0s_checkpoint_on_every_rank(tmp_path, tiny_prepared):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
+
+    def run(epochs: int) -> str:
+        (tmp_path / "params.yaml").write_text(json.dumps({
+            "model": {"arch": "dcgan", "z_dim": 16, "width": 8},
+            "train": {"batch_size": 10, "epochs": epochs, "log_every": 5, "curve_samples": 0, "device": "cpu"},
+        }))
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(tmp_path / "rank.py"), str(tiny_prepared)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result.stdout
+
+    first = run(1)  # 200 images -> 100 per rank -> 10 steps an epoch
+    assert "rank 0 resumed_at 0 steps 10" in first and "rank 1 resumed_at 0 steps 10" in first
+    assert (tmp_path / "ckpt-rank0" / "last.pt").exists() and not (tmp_path / "ckpt-rank1").exists()
+    second = run(2)  # without the broadcast, rank 1 would start at 0 and the collectives would hang
+    assert "rank 0 resumed_at 10 steps 20" in second and "rank 1 resumed_at 10 steps 20" in second
+    assert torch.load(tmp_path / "ckpt-rank0" / "last.pt", weights_only=True)["step"] == 20

@@ -45,9 +45,11 @@ def env(tmp_path_factory):
                         out_dir=root / "reference", inception=False)
         p = parse({
             "model": {"arch": "mlp", "z_dim": 16, "width": 16, "conditional": True},
-            "train": {"max_steps": 30, "batch_size": 32, "ema_decay": 0.5, "log_every": 10},
+            "train": {"max_steps": 30, "batch_size": 32, "ema_kimg": 0.1, "log_every": 10,
+                      "curve_samples": 50, "device": "cpu"},
         })
-        train(params=p, prepared_dir=prepared, model_dir=root / "gan", checkpoint_dir=root / "ckpt",
+        train(params=p, prepared_dir=prepared, classifier_dir=root / "classifier",
+              reference_dir=root / "reference", model_dir=root / "gan", checkpoint_dir=root / "ckpt",
               report_dir=root / "train")
         # An untrained generator: its samples are noise-like blobs, the opposite end from real data.
         save_generator(root / "noise", Generator(NetConfig("mlp", 16, 16, False, 10)))

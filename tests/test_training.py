@@ -23,7 +23,10 @@ from ganops.training import CSV_COLUMNS, _epoch_order, train
 
 STAGE = REPO / "stages" / "train.py"
 TINY_MODEL = {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": False}
-TINY_TRAIN = {"batch_size": 16, "epochs": 2, "checkpoint_every": 10, "log_every": 5}
+# The quality curve needs a classifier: tests of it build one; the rest turn it off.
+# On the CPU even where CUDA exists: bit-identity is a CPU promise (see test_cuda_*).
+TINY_TRAIN = {"batch_size": 16, "epochs": 2, "checkpoint_every": 10, "log_every": 5, "curve_samples": 0,
+              "device": "cpu"}
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +55,11 @@ def _params(model: dict | None = None, **train_keys):
     return parse({"model": {**TINY_MODEL, **(model or {})}, "train": {**TINY_TRAIN, **train_keys}})
 
 
-def _train(out: Path, prepared: Path, params) -> dict:
-    return train(params=params, prepared_dir=prepared, model_dir=out / "gan",
+def _train(out: Path, prepared: Path, params, classifier: Path | None = None,
+           reference: Path | None = None) -> dict:
+    # Without a curve the classifier and reference paths are never read: point them nowhere.
+    return train(params=params, prepared_dir=prepared, classifier_dir=classifier or out / "no-classifier",
+                 reference_dir=reference or out / "no-reference", model_dir=out / "gan",
                  checkpoint_dir=out / "ckpt", report_dir=out / "reports")
 
 
@@ -71,7 +77,8 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
     assert (summary["steps"], summary["resumed_at"], summary["epochs"]) == (24, 0, 2.0)
     rows = _read_csv(tmp_path / "reports" / "losses.csv")
     assert tuple(rows[0]) == CSV_COLUMNS
-    assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(5, 1), (10, 1), (15, 2), (20, 2), (24, 2)]
+    # Every log_every steps and at each epoch's end (12 steps per epoch).
+    assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(5, 1), (10, 1), (12, 1), (15, 2), (20, 2), (24, 2)]
     assert all(np.isfinite(float(r[k])) for r in rows for k in CSV_COLUMNS)
     assert all(0.0 < float(r["d_real"]) < 1.0 for r in rows)  # probabilities for the BCE losses
 
@@ -82,7 +89,8 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
     run_id = summary["run_id"]
     assert json.loads((tmp_path / "reports" / "mlflow_run.json").read_text())["run_id"] == run_id
     G, meta = load_generator(tmp_path / "gan")
-    assert meta["config"] == {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True, "num_classes": 10}
+    assert meta["config"] == {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True, "num_classes": 10,
+                              "g_upsample": "transposed", "d_norm": "none"}
     assert meta["lineage"] == {
         "git_commit": meta["lineage"]["git_commit"],
         "data_manifest_sha256": manifest_hash(tiny_prepared),
@@ -107,7 +115,7 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
     assert {"git_commit", "git_dirty", "dvc_exp_name"} <= set(tags)
     for key in ("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g", "img_per_s"):
         history = client.get_metric_history(run_id, key)
-        assert [m.step for m in history] == [5, 10, 15, 20, 24], key
+        assert [m.step for m in history] == [5, 10, 12, 15, 20, 24], key
         if key != "img_per_s":
             assert [m.value for m in history] == pytest.approx([float(r[key]) for r in rows], rel=1e-5)
     images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
@@ -159,8 +167,14 @@ def test_bad_params_fail_with_the_key_and_the_fix(tmp_path, tiny_prepared, track
         _train(tmp_path, tiny_prepared, _params(loss="lsgan"))
     with pytest.raises(ValueError, match="200 training images: too few for train.batch_size=256"):
         _train(tmp_path, tiny_prepared, _params(batch_size=256))
-    with pytest.raises(ValueError, match=r"train.ema_decay must be in \[0, 1\)"):
-        _train(tmp_path, tiny_prepared, _params(ema_decay=1.0))
+    with pytest.raises(ValueError, match=r"train.betas_d must be \[beta1, beta2\]"):
+        _train(tmp_path, tiny_prepared, _params(betas_d=[0.5]))
+    with pytest.raises(ValueError, match="unknown train.augment policy 'flip'"):
+        _train(tmp_path, tiny_prepared, _params(augment=["flip"]))
+    with pytest.raises(ValueError, match="d_norm batch couples the samples"):
+        _train(tmp_path, tiny_prepared, _params(model={"d_norm": "batch"}, loss="wgan_gp"))
+    with pytest.raises(FileNotFoundError, match="run the classifier stage"):
+        _train(tmp_path, tiny_prepared, _params(curve_samples=50))
     assert not (tmp_path / "ckpt").exists()
 
 
@@ -201,7 +215,7 @@ def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, t
     yaml_text = json.dumps({"model": TINY_MODEL, "train": {**TINY_TRAIN, **train_keys}})
     (run_dir / "params.yaml").write_text(yaml_text)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, **one_thread}
-    cmd = [sys.executable, str(STAGE), str(prepared), "gan", "ckpt", "reports"]
+    cmd = [sys.executable, str(STAGE), str(prepared), "no-classifier", "no-reference", "gan", "ckpt", "reports"]
     checkpoint = run_dir / "ckpt" / "last.pt"
 
     with open(run_dir / "first.log", "w") as log:
@@ -240,12 +254,13 @@ def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, t
     run = tracking_env.get_run(run_id)
     assert run.info.status == "FINISHED"
     steps = {m.step for m in tracking_env.get_metric_history(run_id, "loss_g")}
-    assert steps == {*range(7, 100, 7), 100}
+    assert steps == {*range(7, 100, 7), 50, 100}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_run_trains_and_saves_a_cpu_loadable_generator(tmp_path, tiny_prepared, tracking_env):
-    summary = _train(tmp_path, tiny_prepared, _params(model={"conditional": True}, loss="wgan_gp", max_steps=6))
+    summary = _train(tmp_path, tiny_prepared,
+                     _params(model={"conditional": True}, loss="wgan_gp", max_steps=6, device="cuda"))
     assert summary["device"].startswith("cuda") and summary["steps"] == 6
     rows = _read_csv(tmp_path / "reports" / "losses.csv")
     assert all(np.isfinite(float(r[k])) for r in rows for k in CSV_COLUMNS)
@@ -255,13 +270,70 @@ def test_cuda_bf16_run_trains_and_saves_a_cpu_loadable_generator(tmp_path, tiny_
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
 def test_cpu_bf16_is_deterministic_and_differs_from_fp32(tmp_path, tiny_prepared, tracking_env):
-    params = _params(max_steps=6, cpu_bf16=True)
-    _train(tmp_path / "a", tiny_prepared, params)
+    params = _params(max_steps=6, precision="bf16", device="cpu")
+    assert _train(tmp_path / "a", tiny_prepared, params)["precision"] == "bf16"
     _train(tmp_path / "b", tiny_prepared, params)
-    _train(tmp_path / "fp32", tiny_prepared, _params(max_steps=6, cpu_bf16=False))
+    _train(tmp_path / "fp32", tiny_prepared, _params(max_steps=6, precision="fp32", device="cpu"))
     load = lambda d: torch.load(tmp_path / d / "gan" / "generator.pt", weights_only=True)  # noqa: E731
     a, b, fp32 = load("a"), load("b"), load("fp32")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.isfinite(v).all() for v in a.values() if v.is_floating_point())
     # bf16 really ran: the weights after six steps are not the fp32 ones.
     assert not all(torch.equal(a[k], fp32[k]) for k in a)
+
+
+def test_a_run_extended_from_its_checkpoint_equals_one_trained_that_long(tmp_path, tiny_prepared, tracking_env):
+    # "Train longer": 2 epochs, then epochs=3 from that checkpoint, against 3 epochs from scratch;
+    # the loggers' cadence changes too, which must not matter either.
+    two = _train(tmp_path / "ext", tiny_prepared, _params(epochs=2, log_every=5, checkpoint_every=7))
+    extended = _train(tmp_path / "ext", tiny_prepared, _params(epochs=3, log_every=5, checkpoint_every=11))
+    assert (extended["resumed_at"], extended["run_id"]) == (24, two["run_id"])
+    _train(tmp_path / "scratch", tiny_prepared, _params(epochs=3, log_every=5))
+    ext, scratch = (torch.load(tmp_path / d / "ckpt" / "last.pt", weights_only=True) for d in ("ext", "scratch"))
+    assert ext["step"] == scratch["step"] == 36
+    _state_equal({**ext, "run_id": None}, {**scratch, "run_id": None})
+    for name in ("reports/losses.csv", "reports/samples/epoch_003.png"):
+        assert (tmp_path / "ext" / name).read_bytes() == (tmp_path / "scratch" / name).read_bytes(), name
+    # A checkpoint past the requested length is not silently thrown away.
+    with pytest.raises(ValueError, match="past this run's 24 steps: raise train.epochs"):
+        _train(tmp_path / "ext", tiny_prepared, _params(epochs=2))
+
+
+@pytest.mark.parametrize("model,train_keys", [
+    ({"d_norm": "batch", "g_upsample": "resize"}, {"augment": ["translation", "cutout"]}),
+    ({"d_norm": "spectral", "conditional": True}, {"loss": "hinge", "betas_g": [0.0, 0.9], "ema_bn": "copy"}),
+    ({"d_norm": "none"}, {"r1_gamma": 1.0, "r1_every": 2, "ema_kimg": 0.0}),
+])
+def test_recipe_components_train(tmp_path, tiny_prepared, tracking_env, model, train_keys):
+    summary = _train(tmp_path, tiny_prepared, _params(model=model, max_steps=6, log_every=3, **train_keys))
+    assert summary["steps"] == 6
+    rows = _read_csv(tmp_path / "reports" / "losses.csv")
+    assert all(np.isfinite(float(r[k])) for r in rows for k in CSV_COLUMNS)
+    G, meta = load_generator(tmp_path / "gan")
+    assert {k: meta["config"][k] for k in model} == model
+
+
+def test_quality_curve_is_logged_per_epoch_to_mlflow_and_quality_csv(tmp_path, tiny_prepared, tracking_env):
+    from ganops.classifier import train_classifier
+    from ganops.evaluation import build_reference
+
+    train_classifier(prepared_dir=tiny_prepared, model_dir=tmp_path / "classifier", report_path=tmp_path / "c.json",
+                     seed=0, epochs=1, batch_size=32, lr=3e-3, width=8, feature_dim=16)
+    build_reference(prepared_dir=tiny_prepared, classifier_dir=tmp_path / "classifier",
+                    out_dir=tmp_path / "reference", inception=False)
+    summary = _train(tmp_path, tiny_prepared, _params(curve_samples=40),
+                     classifier=tmp_path / "classifier", reference=tmp_path / "reference")
+    rows = _read_csv(tmp_path / "reports" / "quality.csv")
+    assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(12, 1), (24, 2)]
+    history = tracking_env.get_metric_history(summary["run_id"], "fid_curve")
+    assert [m.step for m in history] == [12, 24]
+    assert [m.value for m in history] == pytest.approx([float(r["fid_curve"]) for r in rows], rel=1e-5)
+    assert summary["fid_curve"] == pytest.approx(float(rows[-1]["fid_curve"]), rel=1e-5) and summary["fid_curve"] > 0
+
+    # The curve is a pure function of the EMA generator: the same weights score the same.
+    from ganops.networks import load_generator as load
+    from ganops.quality import QualityCurve
+    G, _ = load(tmp_path / "gan")
+    curve = QualityCurve(tmp_path / "classifier", tmp_path / "reference", num_samples=40, z_dim=16,
+                         num_classes=10, conditional=False, device=torch.device("cpu"))
+    assert curve.fid(G) == pytest.approx(summary["fid_curve"], rel=1e-6)

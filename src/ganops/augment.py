@@ -37,7 +37,7 @@ def diff_augment(x: torch.Tensor, policies: Sequence[str]) -> torch.Tensor:
 
 
 def _translation(x: torch.Tensor) -> torch.Tensor:
-    """Shift each image by up to ±ratio·side pixels on each axis, filling with the background."""
+    """Shift each image by up to ±int(ratio·side + 0.5) pixels (4 at 28) on each axis, filling with the background."""
     b, _, h, w = x.shape
     sy, sx = int(h * TRANSLATION_RATIO + 0.5), int(w * TRANSLATION_RATIO + 0.5)
     ty = torch.randint(-sy, sy + 1, (b, 1, 1), device=x.device)
