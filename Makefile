@@ -14,8 +14,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
+export DEBIAN_FRONTEND := noninteractive  # apt-get installs below never stop to ask
 
-.PHONY: setup repro test ui data-package clean-venv
+.PHONY: setup repro test ui data-package test-packages clean-venv
 .DEFAULT_GOAL := help
 
 help:
@@ -41,10 +42,27 @@ data-package:
 	    || echo "could not install dataset-fashion-mnist; download will try the other mirrors"; \
 	fi
 
+# What some tests drive: Chromium + chromedriver (the web page, the MLflow UI) and PostgreSQL (a
+# shared MLflow server; Debian keeps initdb off PATH). Installed when we can (root, apt, absent);
+# otherwise those tests skip, and pytest's summary (-ra) says why.
+test-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+	  || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing (Debian packages) for the browser and PostgreSQL tests"; \
+	  (apt-get install -y -qq $$missing || (apt-get update -qq && apt-get install -y -qq $$missing)) \
+	    || echo "could not install$$missing: the tests that need them will skip and say why"; \
+	elif [ -n "$$missing" ]; then \
+	  echo "missing$$missing (not root with apt-get): the tests that need them will skip and say why"; \
+	fi
+
 repro: setup data-package
 	$(BIN)/dvc repro
 
-test: setup
+test: setup test-packages
 	$(BIN)/python -m pytest
 
 # No MLflow background job runners: they start 8 processes, slow on a small machine and unused here.

@@ -58,7 +58,7 @@ def _check(args: list[str], **kwargs) -> str:
 def postgres():
     """A PostgreSQL cluster on 127.0.0.1:<free port> with an empty `mlflow` database; its port."""
     if PG_BIN is None:
-        pytest.skip("needs PostgreSQL's initdb: apt-get install -y postgresql (.ci/run installs it)")
+        pytest.skip("needs PostgreSQL's initdb: apt-get install -y postgresql (`make test` installs it when run as root)")
     # Not under pytest's tmp dir: that is private to root (0700) and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="ganops-pg-"))
     if os.geteuid() == 0:

@@ -16,7 +16,7 @@ from pipeline_repo import free_port
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 MISSING = ("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver; "
-           ".ci/run installs them)")
+           "`make test` installs them when run as root)")
 # Offline and quiet: without the background-networking flags Chromium keeps dialing out here.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync")
