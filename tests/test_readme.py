@@ -1,4 +1,9 @@
-"""The README tour: every command in its ```bash blocks is run here (tiny pipeline) or mapped to a test."""
+"""The README tour: every command in its ```bash blocks is run here (tiny pipeline) or mapped to a test.
+
+Commands run as a reader's would: in the environment of a fresh login shell (`env -i` with only HOME
+and a system PATH, then `bash -l`), not the Makefile's or this interpreter's. A `source` line of the
+tour holds for the commands after it, as it does in the reader's shell.
+"""
 from __future__ import annotations
 
 import re
@@ -19,6 +24,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy i
 VENV = Path(sys.executable).parent.parent  # the venv running this test (not resolved: it is a venv)
 TABLE_PATH = REPO / "test-artifacts" / "readme-commands.txt"
 QUEUE_TIMEOUT_S = 900
+LOGIN_PATH = "/usr/local/bin:/usr/bin:/bin"  # what a new login shell starts from (before /etc/profile)
+# Commands the tour runs itself: the venv's tools once activated, and make's targets.
+RUNNABLE_PREFIXES = ("source .venv/bin/activate", "dvc ", "ganops ", ".venv/bin/", "make ")
 
 # README commands that need something this machine lacks (a package registry, GPUs, another host),
 # each mapped to the test that runs its local equivalent. Inline commands of the prose are listed
@@ -40,6 +48,7 @@ RUN_BY_CI = {"make test"}
 SERVERS = {  # README command prefix -> (how to pass the port, path that answers 200 when up)
     "make ui": (" PORT={port}", "/"),
     ".venv/bin/ganops serve": (" --port {port}", "/readyz"),
+    "ganops serve": (" --port {port}", "/readyz"),
 }
 
 
@@ -74,8 +83,22 @@ def test_every_readme_command_is_covered():
         assert command in text, f"COVERED_ELSEWHERE lists {command!r}, which README.md no longer has"
         assert (REPO / test_file).is_file(), f"{command!r} is mapped to {test_file}, which does not exist"
     ci = (REPO / ".ci" / "run").read_text()
-    assert re.search(r"^make test$", ci, re.M), ".ci/run must run `make test` (the README says CI does)"
+    steps = [line for line in ci.splitlines() if line.strip() and not line.startswith("#")
+             and not line.startswith(("set ", "cd "))]
+    assert steps == ["make test"], f".ci/run must be a plain call of the README's `make test`: {steps}"
     assert readme_commands(text), "README.md has no ```bash blocks"
+
+
+def test_login_shell_starts_from_a_fresh_environment(tmp_path: Path, monkeypatch):
+    """What the tour's commands see: none of this process's variables, the venv only once sourced."""
+    monkeypatch.setenv("GANOPS_FROM_THE_TEST", "leaked")
+    probe = 'echo "${GANOPS_FROM_THE_TEST:-unset} $HOME $(command -v dvc || echo no-dvc)"'
+    fresh = subprocess.run(login_shell(probe, home=tmp_path, state=[]), capture_output=True, text=True)
+    variable, home, dvc = fresh.stdout.split()
+    assert (variable, home) == ("unset", str(tmp_path)) and not dvc.startswith(str(VENV)), fresh.stdout
+    activated = subprocess.run(login_shell(probe, home=tmp_path, state=[f"source {VENV}/bin/activate"]),
+                               capture_output=True, text=True)
+    assert activated.stdout.split()[2] == str(VENV / "bin" / "dvc"), activated.stdout + activated.stderr
 
 
 def _prepare_tour_repo(tmp_path: Path):
@@ -100,13 +123,28 @@ def _prepare_tour_repo(tmp_path: Path):
     return repo
 
 
-def _run_server(repo, command: str, tmp_path: Path) -> str:
-    prefix = next(p for p in SERVERS if command.startswith(p))
+def login_shell(command: str, *, home: Path, state: list[str]) -> list[str]:
+    """argv running `command` in a fresh login shell, after the tour's `source` lines so far."""
+    script = " && ".join([*state, command])
+    return ["env", "-i", f"HOME={home}", f"PATH={LOGIN_PATH}", "bash", "-lc", script]
+
+
+def _fresh_home(tmp_path: Path) -> Path:
+    """A new user's HOME: nothing but a git identity (`dvc exp run` commits experiments)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[user]\n\tname = ganops-reader\n\temail = reader@example.invalid\n")
+    return home
+
+
+def _run_server(repo, command: str, tmp_path: Path, *, home: Path, state: list[str]) -> str:
+    prefix = max((p for p in SERVERS if command.startswith(p)), key=len)
     port_arg, probe = SERVERS[prefix]
     port = free_port()
     full = command + port_arg.format(port=port)
     log = tmp_path / f"server-{port}.log"
-    with background(["bash", "-c", f"exec {full}"], env=repo.env, log_path=log, cwd=repo.path) as proc:
+    argv = login_shell(f"exec {full}", home=home, state=state)
+    with background(argv, env=repo.env, log_path=log, cwd=repo.path) as proc:
         wait_http(f"http://127.0.0.1:{port}{probe}", proc=proc, log_path=log, timeout_s=120)
     return f"{full} (answered {probe})"
 
@@ -115,10 +153,12 @@ def _run_server(repo, command: str, tmp_path: Path) -> str:
 def test_readme_tour(tmp_path: Path):
     commands = readme_commands((REPO / "README.md").read_text())
     unhandled = [c for c in commands if c not in COVERED_ELSEWHERE and c not in RUN_BY_CI
-                 and not c.startswith(".venv/bin/") and not c.startswith("make ")]
+                 and not c.startswith(RUNNABLE_PREFIXES)]
     assert unhandled == [], f"README commands neither run by this test nor mapped to one: {unhandled}"
 
     repo = _prepare_tour_repo(tmp_path)
+    home = _fresh_home(tmp_path)
+    state: list[str] = []  # the tour's `source` lines so far: they hold in the reader's shell
     rows: list[tuple[str, str, float]] = []
     try:
         for command in commands:
@@ -130,14 +170,16 @@ def test_readme_tour(tmp_path: Path):
                 rows.append((command, "run by CI (.ci/run)", 0.0))
                 continue
             if any(command.startswith(p) for p in SERVERS):
-                how = _run_server(repo, command, tmp_path)
+                how = _run_server(repo, command, tmp_path, home=home, state=state)
             else:
-                out = repo.run(command, timeout=900)
-                how = "ran"
+                out = repo.run(login_shell(command, home=home, state=state), timeout=900)
+                how = "ran in a fresh login shell"
+                if command.startswith("source "):
+                    state.append(command)
                 if command.endswith("dvc queue start -j 2"):
                     status = repo.wait_for_queue(dvc=".venv/bin/dvc", timeout_s=QUEUE_TIMEOUT_S)
                     assert "Failed" not in status, status
-                    how = "ran, queue finished"
+                    how += ", queue finished"
                 _check_output(repo, command, out.stdout)
             rows.append((command, how, time.perf_counter() - start))
     finally:
@@ -147,15 +189,16 @@ def test_readme_tour(tmp_path: Path):
 
 def _check_output(repo, command: str, stdout: str) -> None:
     """What a few README commands promise, checked on their real output."""
-    if command.startswith(".venv/bin/dvc dag"):
+    command = command.removeprefix(".venv/bin/")
+    if command.startswith("dvc dag"):
         for stage in ("download", "prepare", "classifier", "reference", "train", "evaluate", "export"):
             assert stage in stdout, (stage, stdout)
-    elif command == ".venv/bin/dvc repro":  # after `make repro`: nothing changed
+    elif command == "dvc repro":  # after `make repro`: nothing changed
         assert "Running stage" not in stdout, stdout
-    elif command.startswith(".venv/bin/dvc metrics show"):
+    elif command.startswith("dvc metrics show"):
         for key in ("fid", "parity_max_abs_diff"):
             assert key in stdout, (key, stdout)
-    elif command.startswith(".venv/bin/dvc exp show --md"):
+    elif command.startswith("dvc exp show --md"):
         assert "hinge" in stdout and "non_saturating" in stdout, stdout
     elif "--out grid.png" in command:
         assert (repo.path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
