@@ -44,17 +44,16 @@ def append(row: dict) -> None:
 
 
 def exp_results(name: str) -> dict:
-    """The metrics of experiment `name` from `dvc exp show --json`, and the train stage's img/s."""
-    out = subprocess.run(["dvc", "exp", "show", "--json", "--no-pager"], capture_output=True, text=True,
-                         check=True).stdout
-    for commit in json.loads(out):
-        for exp in commit.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                if rev.get("name") == name:
-                    data = rev["data"]
-                    metrics = data["metrics"]["reports/evaluate/metrics.json"]["data"]
-                    return metrics
-    raise RuntimeError(f"experiment {name} not found in dvc exp show")
+    """The evaluate metrics that experiment `name` committed (read from its git ref: `dvc exp show`
+    also lists running and failed entries that carry the baseline's numbers)."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    matches = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+    if len(matches) != 1:
+        raise RuntimeError(f"experiment {name}: expected one git ref, found {matches}")
+    out = subprocess.run(["git", "show", f"{matches[0]}:reports/evaluate/metrics.json"], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
 
 
 def main() -> int:

@@ -117,10 +117,14 @@ def test_inception_features_follow_the_fid_helper_protocol():
     path = m.inception_weights_path("")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
-    net = m.InceptionPool3(path, device="cpu")
+    net = m.InceptionPool3(path, device="cpu", processes=1)
     ours = net.features(images)
     assert ours.shape == (3, 2048) and np.isfinite(ours).all()
     assert np.array_equal(ours, net.features(images))  # deterministic
+    # Split over two single-thread worker processes, in order: the same features (the same fp32
+    # arithmetic, only another thread count's summation order).
+    split = m.InceptionPool3(path, device="cpu", processes=2).features(images, batch_size=2)
+    np.testing.assert_allclose(split, ours, rtol=1e-5, atol=1e-5)
 
     helper = fid_helper.FidHelper(str(path), device="cpu")  # defaults: TF input range, nv_bilinear
     tiled = torch.from_numpy(images).unsqueeze(1).expand(-1, 3, -1, -1).float()

@@ -390,6 +390,9 @@ def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id
             _write_grid(tmp, epoch, image)
     _write_losses_csv(report_dir / "losses.csv", rows)
     _write_quality_csv(report_dir / "quality.csv", curve_rows)
+    write_bytes(report_dir / "quality.png", plots.curves_png(
+        [r["step"] for r in curve_rows], {"fid_curve": [r["fid_curve"] for r in curve_rows]},
+        title=f"fid_curve: EMA generator, {len(curve_rows)} epoch(s)"))
     # The same curves as a PNG: dvc plots' HTML needs vega from a CDN, a PNG renders offline.
     steps = [row["step"] for row in rows]
     write_bytes(report_dir / "losses.png", plots.curves_png(

@@ -1,0 +1,73 @@
+"""The README's study table from study/results.csv: `python study/table.py` prints it as Markdown.
+
+Screen rows (one seed, 5 epochs) show the domain metrics; final rows (20 epochs) are grouped by
+configuration, seeds pooled into mean ± std of Inception FID. Published numbers sit beside them.
+"""
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results.csv"
+DOMAIN = ("fid", "precision", "recall", "coverage")
+# Fashion-MNIST, 20-epoch budget, Inception FID on 10k samples vs the test set (Lucic et al. 2018).
+PUBLISHED = [
+    ("NS GAN, best of 100 settings (Lucic et al. 2018)", "26.5 ± 1.6"),
+    ("WGAN, best of 100 settings (Lucic et al. 2018)", "21.5 ± 1.6"),
+    ("authors' default settings (Lucic et al. 2018)", "≈ 32"),
+    ("PA-GAN (Zhang & Khoreva 2019)", "18.4 ± 1.5"),
+]
+
+
+def _num(value: str) -> float | None:
+    return float(value) if value not in ("", None) else None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits - 1}f}"
+
+
+def _config(name: str) -> str:
+    """A final row's configuration: its name without the -s<seed> suffix."""
+    head, _, tail = name.rpartition("-s")
+    return head if head and tail.isdigit() else name
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| configuration | epochs | domain fid | precision | recall | coverage | Inception FID | CPU wall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["group"], _config(row["name"]) if row["group"] != "screen" else row["name"])].append(row)
+    floor = next((_num(r["fid_real"]) for r in rows if _num(r.get("fid_real"))), None)
+    for (group, name), members in groups.items():
+        mean = {k: statistics.fmean([_num(r[k]) for r in members if _num(r[k]) is not None] or [float("nan")])
+                for k in DOMAIN}
+        inc = [_num(r["fid_inception"]) for r in members if _num(r["fid_inception"]) is not None]
+        inception = ""
+        if len(inc) > 1:
+            inception = f"{statistics.fmean(inc):.1f} ± {statistics.stdev(inc):.1f} ({len(inc)} seeds)"
+        elif inc:
+            inception = f"{inc[0]:.1f} (1 seed)"
+        wall = statistics.fmean(float(r["wall_s"]) for r in members) / 60
+        epochs = "20" if group == "final" else "5"
+        lines.append(f"| `{name}` | {epochs} | " + " | ".join(_fmt(mean[k]) for k in DOMAIN)
+                     + f" | {inception} | {wall:.0f} min |")
+    if floor is not None:
+        lines.append(f"| real floor (train vs test) | | {_fmt(floor)} | | | | 2.53 (train[:10k] vs test, as measured for issue 12) | |")
+    for name, value in PUBLISHED:
+        lines.append(f"| {name} | 20 | | | | | {value} | |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    with RESULTS.open() as f:
+        print(table(list(csv.DictReader(f))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
