@@ -53,11 +53,15 @@ def running(app, *, lifespan: str = "on") -> Iterator[str]:
     """Run `app` in a real uvicorn server in a thread, on a socket bound to a free loopback port.
 
     With lifespan="off" the app's start-up (micro-batcher, warm-up) never runs, so it never gets ready.
+    The server is `ganops serve`'s own (ganops.server.Server), shutdown hook included.
     """
+    from ganops.server import Server
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan))
+    server = Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan),
+                    on_shutdown=app.state.service.batcher.close)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -9,7 +9,8 @@ from _serving import CLASSES, export_model, running
 from webdriver import CHROMEDRIVER, CHROMIUM, MISSING, WebDriver, chromium
 
 from ganops.inference import Generator
-from ganops.server import ServerConfig, create_app
+from ganops.serve_app import create_app
+from ganops.serve_config import ServeParams
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -47,7 +48,7 @@ def pixels(browser: WebDriver, element: str) -> np.ndarray:
 def test_page_shows_images_and_interpolates(tmp_path):
     model = export_model(tmp_path, conditional=True)
     generator = Generator.from_onnx(model, providers="cpu")
-    app = create_app(generator=generator, config=ServerConfig(providers="cpu"), api_key=None)
+    app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key=None)
     ARTIFACTS.mkdir(exist_ok=True)
     with running(app) as url, chromium() as browser:
         # Seed, class and interpolation from the URL: the page renders all of it on load.
@@ -89,7 +90,7 @@ def test_page_shows_images_and_interpolates(tmp_path):
 def test_page_asks_for_the_api_key(tmp_path):
     model = export_model(tmp_path, conditional=False, width=4)
     generator = Generator.from_onnx(model, providers="cpu")
-    app = create_app(generator=generator, config=ServerConfig(providers="cpu"), api_key="k3y")
+    app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key="k3y")
     with running(app) as url, chromium() as browser:
         browser.get(f"{url}/#seed=4")
         wait_for(browser, "document.getElementById('status').dataset.state === 'error'")

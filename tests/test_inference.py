@@ -60,6 +60,30 @@ def test_metadata_round_trip(models):
     assert u.conditional is False and u.metadata["conditional"] is False
 
 
+def test_metadata_names_num_classes_only_where_labels_are_an_input(models, tmp_path):
+    import onnx
+
+    props = {k: {p.key: p.value for p in onnx.load(str(models[k])).metadata_props} for k in models}
+    assert props["cond"]["conditional"] == "true" and props["cond"]["num_classes"] == "10"
+    # A loader that reads num_classes as "takes a label" must not see it on an unconditional model.
+    assert props["uncond"]["conditional"] == "false" and "num_classes" not in props["uncond"]
+    assert Generator.from_onnx(models["uncond"]).num_classes is None
+    # An older export wrote num_classes on every model: it still loads, as what it is.
+    old = onnx.load(str(models["uncond"]))
+    old.metadata_props.add(key="num_classes", value="10")
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    g = Generator.from_onnx(tmp_path / "old.onnx")
+    assert (g.conditional, g.num_classes) == (False, None)
+    assert g.generate([1]).shape == (1, 28, 28)
+    missing = onnx.load(str(models["cond"]))
+    kept = [p for p in missing.metadata_props if p.key != "num_classes"]
+    del missing.metadata_props[:]
+    missing.metadata_props.extend(kept)
+    onnx.save(missing, str(tmp_path / "no-classes.onnx"))
+    with pytest.raises(ValueError, match="lacks ganops metadata.*num_classes"):
+        Generator.from_onnx(tmp_path / "no-classes.onnx")
+
+
 def test_generate_matches_pytorch(models):
     for kind, labels in (("uncond", None), ("cond", np.arange(40) % 10)):
         torch_g, _ = load_generator(models[kind].parent / "gan")

@@ -100,7 +100,7 @@ environment variables (a flag wins over its variable, which wins over --params a
   GANOPS_MODEL_SHA256     the model's expected SHA-256 (--expect-sha256)
   GANOPS_HOST, GANOPS_PORT, GANOPS_MAX_BATCH, GANOPS_MAX_WAIT_MS, GANOPS_QUEUE_SIZE,
   GANOPS_MAX_IMAGES, GANOPS_MAX_BODY_BYTES, GANOPS_MICRO_BATCHING (true|false),
-  GANOPS_CACHE_MAX_AGE_S, GANOPS_PROVIDERS
+  GANOPS_CACHE_MAX_AGE_S, GANOPS_PROVIDERS, GANOPS_ORT_THREADS
                           the flags of the same name
 
 The model's SHA-256 is checked before the port is bound: against <model>.sha256 (written by the
@@ -112,16 +112,17 @@ def _run_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from ganops.server import ModelVerificationError, ServerConfig, api_key_from_env, config_from_env, serve
+    from ganops.serve_config import ServeParams, api_key_from_env, with_env
+    from ganops.server import ModelVerificationError, serve
 
     try:
-        config = ServerConfig()
+        config = ServeParams()
         if args.params is not None:
             from ganops.params import load  # needs pyyaml: only with --params
 
-            config = ServerConfig(**dataclasses.asdict(load(args.params).serve))
-        config = config_from_env(config, os.environ)
-        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)}
+            config = load(args.params).serve
+        config = with_env(config, os.environ)
+        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeParams)}
         config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
         model = args.model or os.environ.get("GANOPS_MODEL")
         if not model:
@@ -161,8 +162,11 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-body-bytes", type=int, help="request body limit, 413 beyond (default 65536)")
     p.add_argument("--no-micro-batching", dest="micro_batching", action="store_const", const=False,
                    help="one ONNX Runtime call per request (the benchmark's baseline)")
-    p.add_argument("--cache-max-age-s", type=int, help="Cache-Control max-age of /v1/images (default one year)")
+    p.add_argument("--cache-max-age-s", type=int,
+                   help="Cache-Control max-age of the model-versioned image URLs (default one year)")
     p.add_argument("--providers", choices=("auto", "cpu", "cuda"), help="ONNX Runtime providers (default auto)")
+    p.add_argument("--ort-threads", type=int,
+                   help="ONNX Runtime intra-op threads; 0 = one per core (default 1: the event loop needs a core)")
     p.add_argument("--expect-sha256", metavar="HEX", help="the model's expected SHA-256 [GANOPS_MODEL_SHA256]")
     p.add_argument("--no-verify", action="store_true",
                    help="start even when there is nothing to check the model against (no sidecar, no "

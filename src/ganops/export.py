@@ -90,11 +90,12 @@ def _metadata(meta: dict, lineage: dict) -> dict[str, str]:
     out.update(
         arch=cfg["arch"],
         z_dim=str(cfg["z_dim"]),
-        num_classes=str(cfg["num_classes"]),
         conditional="true" if cfg["conditional"] else "false",
-        classes=json.dumps(list(classes)),
+        classes=json.dumps(list(classes)),  # the dataset's class names, for display
         ganops_version=ganops.__version__,
     )
+    if cfg["conditional"]:  # the label input's range; loaders read num_classes as "has a label input"
+        out["num_classes"] = str(cfg["num_classes"])
     return out
 
 

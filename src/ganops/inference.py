@@ -59,17 +59,19 @@ def _session_providers(providers: str) -> list[str]:
 
 
 def _decode_metadata(props: dict[str, str], path: Path) -> dict:
-    """ONNX metadata_props (all strings) -> typed lineage; z_dim/conditional/num_classes are required."""
+    """ONNX metadata_props (all strings) -> typed lineage; z_dim and conditional are required,
+    num_classes too when conditional (the label input's range); an unconditional model has
+    num_classes None, whatever an older export wrote there."""
     meta: dict = dict(props)
     try:
         meta["z_dim"] = int(props["z_dim"])
-        meta["num_classes"] = int(props["num_classes"])
         meta["conditional"] = {"true": True, "false": False}[props["conditional"]]
+        meta["num_classes"] = int(props["num_classes"]) if meta["conditional"] else None
         meta["classes"] = json.loads(props.get("classes", "[]"))
     except (KeyError, ValueError) as e:
         raise ValueError(
             f"{path} lacks ganops metadata ({e!r}); export it with the export stage "
-            "(dvc repro export), which writes z_dim, num_classes, conditional and classes"
+            "(dvc repro export), which writes z_dim, conditional, num_classes and classes"
         ) from e
     return meta
 
@@ -87,7 +89,7 @@ class Generator:
         props = session.get_modelmeta().custom_metadata_map
         self.metadata = _decode_metadata(props, path)
         self.z_dim: int = self.metadata["z_dim"]
-        self.num_classes: int = self.metadata["num_classes"]
+        self.num_classes: int | None = self.metadata["num_classes"]  # None: no label input
         self.conditional: bool = self.metadata["conditional"]
         self.provider: str = session.get_providers()[0]
         inputs = {i.name for i in session.get_inputs()}

@@ -100,18 +100,9 @@ class ExportParams:
     register: bool = True  # register the ONNX model in MLflow as ganops-generator
 
 
-@dataclass(frozen=True)
-class ServeParams:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 64  # most images in one micro-batched ONNX Runtime call
-    max_wait_ms: float = 2.0  # how long a micro-batch waits to fill
-    queue_size: int = 256  # requests waiting; beyond it the server answers 503
-    max_images: int = 256  # per request
-    max_body_bytes: int = 65536
-    micro_batching: bool = True  # false: one ONNX Runtime call per request (the benchmark's baseline)
-    cache_max_age_s: int = 31536000  # Cache-Control max-age of /v1/images (they never change)
-    providers: str = "auto"  # auto | cpu | cuda
+# The serve section's class is defined beside the server, which must import without PyYAML
+# (a slim serving environment has none); it is the same class here and there.
+from ganops.serve_config import ServeParams  # noqa: E402
 
 
 @dataclass(frozen=True)
