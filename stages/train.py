@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     prepared_dir, classifier_dir, reference_dir, model_dir, checkpoint_dir, report_dir = (Path(a) for a in argv)
     start = time.perf_counter()
     try:
-        # All sections: the lineage tag params_sha256 covers the whole of params.yaml.
+        # All sections: lineage hashes data, prepare, model and train; MLflow logs every param.
         p = params.load("params.yaml")
         summary = train(params=p, prepared_dir=prepared_dir, classifier_dir=classifier_dir,
                         reference_dir=reference_dir, model_dir=model_dir,

@@ -95,6 +95,7 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
         "git_commit": meta["lineage"]["git_commit"],
         "data_manifest_sha256": manifest_hash(tiny_prepared),
         "params_sha256": params_hash(params),
+        "params_sha256_sections": "data,prepare,model,train",
         "dataset": "synthetic",
         "mlflow_run_id": run_id,
     }
@@ -107,6 +108,7 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "dcgan-conditional-non_saturating-2ep"  # what it trained, outside DVC
     expected = {k: v if isinstance(v, str) else json.dumps(v) for k, v in flatten(params).items()}
     assert run.data.params == expected
     tags = run.data.tags

@@ -379,7 +379,8 @@ def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id
                    report_dir: Path, rows: list[dict], curve_rows: list[dict],
                    grids: dict[int, torch.Tensor]) -> None:
     """models/gan (EMA generator + lineage), every sample grid, losses.csv, quality.csv."""
-    lineage = {key: tags[key] for key in ("git_commit", "data_manifest_sha256", "params_sha256")}
+    lineage = {key: tags[key] for key in ("git_commit", "data_manifest_sha256", "params_sha256",
+                                          "params_sha256_sections")}
     lineage.update(dataset=manifest.get("dataset", ""), mlflow_run_id=run_id)
     save_generator(model_dir, G_ema, extra={
         "lineage": lineage, "classes": manifest.get("classes"), "dataset": manifest.get("dataset", ""),
@@ -426,7 +427,7 @@ def _open_tracker(main: bool, state: dict | None, *, params: Params, tags: dict,
         except tracking.TrackingError as e:
             print(f"train: {e}; logging the rest of this run into a new MLflow run", file=sys.stderr)
     if tracker is None:
-        tracker = tracking.Tracker.start(tags=tags)
+        tracker = tracking.Tracker.start(tags=tags, run_name=tracking.run_name(params))
         tracker.log_params(flatten(params))
     tracking.write_run_id(report_dir / "mlflow_run.json", tracker.run_id)
     return tracker
