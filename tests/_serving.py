@@ -1,9 +1,13 @@
 """Test helpers for the server: export a tiny real generator, run a real uvicorn on a free port."""
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import io
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +45,14 @@ def export_model(directory: Path, *, conditional: bool, z_dim: int = 16, width: 
     export_onnx(model_dir=directory / "gan", onnx_path=onnx_path, opset=18,
                 lineage={"mlflow_run_id": "run-abc"}, parity_seeds=8)
     return onnx_path
+
+
+@functools.cache
+def shared_model(*, conditional: bool, width: int = 8) -> Path:
+    """One export per kind for the whole test run (exporting costs seconds); copy it to change it."""
+    directory = Path(tempfile.mkdtemp(prefix="ganops-test-model-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return export_model(directory, conditional=conditional, width=width)
 
 
 def port_open(port: int) -> bool:

@@ -1,11 +1,12 @@
-"""The web page end to end in headless Chromium, driven over WebDriver (chromedriver, plain HTTP)."""
+"""The web page and /docs end to end in headless Chromium, driven over WebDriver (chromedriver, plain HTTP)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-from _serving import CLASSES, export_model, running
+from _serving import CLASSES, decode_png, running, shared_model
 from webdriver import CHROMEDRIVER, CHROMIUM, MISSING, WebDriver, chromium
 
 from ganops.inference import Generator
@@ -20,15 +21,15 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason
 def wait_for(browser: WebDriver, expression: str, timeout: float = 30.0):
     """Poll a JS expression until it is truthy; on timeout, report the page's two status lines."""
     def status() -> str:
-        return "page status: " + str(browser.js("return [document.getElementById('status').textContent, "
-                                                "document.getElementById('interp-status').textContent];"))
+        return "page status: " + str(browser.js("return [document.getElementById('status')?.textContent, "
+                                                "document.getElementById('interp-status')?.textContent];"))
 
     return browser.wait_for(f"return {expression};", timeout_s=timeout, describe=status)
 
 
 # Draw a loaded <img> onto a canvas and return its gray values (the blob URL is same-origin).
 PIXELS = """
-const img = document.getElementById(arguments[0]);
+const img = document.querySelector(arguments[0]);
 const canvas = document.createElement('canvas');
 canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
 const ctx = canvas.getContext('2d');
@@ -38,65 +39,123 @@ const gray = [];
 for (let i = 0; i < rgba.length; i += 4) gray.push(rgba[i]);
 return [canvas.width, canvas.height, gray];
 """
+# Every resource the page loaded, so a test can tell that none came from another origin.
+RESOURCES = "return performance.getEntriesByType('resource').map(e => e.name);"
 
 
-def pixels(browser: WebDriver, element: str) -> np.ndarray:
-    width, height, gray = browser.js(PIXELS, element)
+def pixels(browser: WebDriver, selector: str) -> np.ndarray:
+    width, height, gray = browser.js(PIXELS, selector)
     return np.asarray(gray, dtype=np.uint8).reshape(height, width)
 
 
-def test_page_shows_images_and_interpolates(tmp_path):
-    model = export_model(tmp_path, conditional=True)
-    generator = Generator.from_onnx(model, providers="cpu")
+def cell(i: int) -> str:
+    return f"#grid .cell:nth-child({i + 1}) img"
+
+
+def loaded(text: str) -> str:
+    return ("document.getElementById('status').dataset.state === 'loaded' && "
+            f"document.getElementById('status').textContent === {text!r}")
+
+
+def test_page_grid_paging_enlarge_classes_and_interpolation(tmp_path):
+    generator = Generator.from_onnx(shared_model(conditional=True), providers="cpu")
     app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key=None)
+    sha = generator.sha256
     ARTIFACTS.mkdir(exist_ok=True)
-    with running(app) as url, chromium() as browser:
-        # Seed, class and interpolation from the URL: the page renders all of it on load.
-        browser.get(f"{url}/#seed=7&label=3&a=1&b=2&steps=6")
-        assert wait_for(browser, "document.getElementById('status').dataset.state === 'loaded' && "
-                                "document.getElementById('status').textContent")  == \
-            f"loaded seed 7, class {CLASSES[3]}"
+    with running(app) as url, chromium(window_size="1000,1400") as browser:
+        # Start seed, class and interpolation from the URL: the page renders all of it on load.
+        browser.get(f"{url}/#start=7&label=3&a=1&b=2&steps=6")
+        wait_for(browser, loaded(f"loaded seeds 7–38, class {CLASSES[3]}"))
+        seeds = browser.js("return [...document.querySelectorAll('#grid .cell')].map(c => c.dataset.seed);")
+        assert seeds == [str(s) for s in range(7, 39)]
+        expected = generator.generate(range(7, 39), labels=3)
+        for i in (0, 13, 31):
+            np.testing.assert_array_equal(pixels(browser, cell(i)), expected[i])
         options = browser.js("return [...document.getElementById('label').options].map(o => o.text);")
         assert options == [f"{i}: {name}" for i, name in enumerate(CLASSES)]
         assert browser.js("return document.getElementById('label-field').hidden;") is False
-        np.testing.assert_array_equal(pixels(browser, "image"), generator.generate([7], labels=3)[0])
-        assert generator.sha256[:12] in browser.js("return document.getElementById('model-info').textContent;")
+        assert sha[:12] in browser.js("return document.getElementById('model-info').textContent;")
+        # Each cell shows the model-versioned URL, which the browser may keep forever.
+        assert f"/v1/models/{sha}/images/7.png?label=3" in "\n".join(browser.js(RESOURCES))
 
         wait_for(browser, "document.getElementById('interp-status').dataset.state === 'loaded'")
-        strip = pixels(browser, "strip")
+        strip = pixels(browser, "#strip")
         assert strip.shape == (32, 6 * 30 + 2)
         ends = generator.generate([1, 2], labels=3)
         np.testing.assert_array_equal(strip[2:30, 2:30], ends[0])
         np.testing.assert_array_equal(strip[2:30, 152:180], ends[1])
 
-        # Then as a user would: type a seed, pick a class, press Show.
-        browser.js("document.getElementById('seed').value = '11';"
-                   "document.getElementById('label').value = '5';"
-                   "document.querySelector('#single-form button[type=submit]').click();")
-        wait_for(browser, f"document.getElementById('status').textContent === 'loaded seed 11, class {CLASSES[5]}'")
-        np.testing.assert_array_equal(pixels(browser, "image"), generator.generate([11], labels=5)[0])
-        assert "seed=11" in browser.js("return location.hash;")
-        (ARTIFACTS / "browser-page.png").write_bytes(browser.screenshot())
+        # Paging: next, next, previous.
+        browser.js("document.getElementById('next').click();")
+        wait_for(browser, loaded(f"loaded seeds 39–70, class {CLASSES[3]}"))
+        np.testing.assert_array_equal(pixels(browser, cell(0)), generator.generate([39], labels=3)[0])
+        browser.js("document.getElementById('next').click();")
+        wait_for(browser, loaded(f"loaded seeds 71–102, class {CLASSES[3]}"))
+        browser.js("document.getElementById('prev').click();")
+        wait_for(browser, loaded(f"loaded seeds 39–70, class {CLASSES[3]}"))
+        assert "start=39" in browser.js("return location.hash;")
 
-        # A bad seed shows an error on the page rather than breaking it.
-        browser.js("document.getElementById('seed').value = '99999999999999999999';"
-                   "document.querySelector('#single-form button[type=submit]').click();")
+        # Another class redraws the page in it.
+        browser.js("const s = document.getElementById('label'); s.value = '5';"
+                   "s.dispatchEvent(new Event('change'));")
+        wait_for(browser, loaded(f"loaded seeds 39–70, class {CLASSES[5]}"))
+        np.testing.assert_array_equal(pixels(browser, cell(4)), generator.generate([43], labels=5)[0])
+
+        # A click enlarges a sample and shows its seed and permanent URL.
+        browser.js("document.querySelector('#grid .cell:nth-child(5)').click();")
+        wait_for(browser, "document.getElementById('detail').open && "
+                          "document.getElementById('detail').dataset.state === 'loaded'")
+        assert browser.js("return document.getElementById('detail-seed').textContent;") == \
+            f"seed 43, class {CLASSES[5]}"
+        permanent = browser.js("return document.getElementById('detail-url').textContent;")
+        assert permanent == f"{url}/v1/models/{sha}/images/43.png?label=5"
+        np.testing.assert_array_equal(pixels(browser, "#detail-image"), generator.generate([43], labels=5)[0])
+        np.testing.assert_array_equal(decode_png(httpx.get(permanent).content),
+                                      generator.generate([43], labels=5)[0])
+        assert "seed=43" in browser.js("return location.hash;")
+        (ARTIFACTS / "browser-page.png").write_bytes(browser.screenshot())
+        # ... and starts an interpolation from it.
+        browser.js("document.getElementById('detail-a').click();")
+        wait_for(browser, "!document.getElementById('detail').open && "
+                          "document.getElementById('interp-status').textContent === "
+                          "'loaded 6 steps from seed 43 to seed 2'")
+        np.testing.assert_array_equal(pixels(browser, "#strip")[2:30, 2:30], generator.generate([43], labels=5)[0])
+
+        # A bad start seed shows an error on the page rather than breaking it.
+        browser.js("document.getElementById('start').value = '99999999999999999999';"
+                   "document.querySelector('#grid-form button[type=submit]').click();")
         text = wait_for(browser, "document.getElementById('status').dataset.state === 'error' && "
-                                "document.getElementById('status').textContent")
+                                 "document.getElementById('status').textContent")
         assert text.startswith("HTTP 422")
+        # Nothing came from anywhere else: no CDN, no fonts, no analytics.
+        assert all(name.startswith(url) for name in browser.js(RESOURCES))
     assert (ARTIFACTS / "browser-page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_page_asks_for_the_api_key(tmp_path):
-    model = export_model(tmp_path, conditional=False, width=4)
-    generator = Generator.from_onnx(model, providers="cpu")
+def test_page_asks_for_the_api_key():
+    generator = Generator.from_onnx(shared_model(conditional=False), providers="cpu")
     app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key="k3y")
     with running(app) as url, chromium() as browser:
-        browser.get(f"{url}/#seed=4")
+        browser.get(f"{url}/#start=4")
         wait_for(browser, "document.getElementById('status').dataset.state === 'error'")
         assert browser.js("return document.getElementById('auth').hidden;") is False
         browser.js("document.getElementById('api-key').value = 'k3y';"
                    "document.getElementById('api-key-save').click();")
-        assert wait_for(browser, "document.getElementById('status').dataset.state === 'loaded' && "
-                                "document.getElementById('status').textContent") == "loaded seed 4"
-        np.testing.assert_array_equal(pixels(browser, "image"), generator.generate([4])[0])
+        wait_for(browser, loaded("loaded seeds 4–35"))
+        np.testing.assert_array_equal(pixels(browser, cell(0)), generator.generate([4])[0])
+        assert browser.js("return document.getElementById('label-field').hidden;") is True
+
+
+def test_docs_render_offline():
+    generator = Generator.from_onnx(shared_model(conditional=True), providers="cpu")
+    app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key=None)
+    with running(app) as url, chromium() as browser:
+        operations = sum(len(ops) for ops in httpx.get(f"{url}/openapi.json").json()["paths"].values())
+        browser.get(f"{url}/docs")
+        # Swagger UI drew one block per operation from its own files, served by this server.
+        wait_for(browser, f"document.querySelectorAll('.swagger-ui .opblock').length === {operations}")
+        assert "ganops" in browser.js("return document.querySelector('.swagger-ui .info .title').textContent;")
+        resources = browser.js(RESOURCES)
+        assert f"{url}/docs/assets/swagger-ui-bundle.js" in resources and f"{url}/openapi.json" in resources
+        assert all(name.startswith(url) for name in resources), resources
+        (ARTIFACTS / "browser-docs.png").write_bytes(browser.screenshot())

@@ -1,6 +1,6 @@
 """The OpenAPI document tells the truth: a schema-based fuzzer, every check on, finds nothing.
 
-Schemathesis (30 examples per operation and phase, a fixed seed, a few seconds a run) drives a real server built for an
+Schemathesis (20 examples per operation and phase, a fixed seed, a few seconds a run) drives a real server built for an
 unconditional model and, with an API key, for a conditional one: every documented operation, valid
 and invalid data, undocumented methods, missing and wrong credentials.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _serving import export_model, running
+from _serving import running, shared_model
 
 from ganops.inference import Generator
 from ganops.serve_app import create_app
@@ -22,12 +22,8 @@ SCHEMATHESIS = Path(sys.executable).parent / "st"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("contract-models")
-    (root / "u").mkdir()
-    (root / "c").mkdir()
-    return {"uncond": export_model(root / "u", conditional=False, width=4),
-            "cond": export_model(root / "c", conditional=True, width=4)}
+def models() -> dict[str, Path]:
+    return {"uncond": shared_model(conditional=False), "cond": shared_model(conditional=True)}
 
 
 def test_documented_errors_and_methods(models):
@@ -58,7 +54,7 @@ def test_schemathesis_finds_no_failures(models, tmp_path, kind, api_key):
                      config=ServeParams(providers="cpu"), api_key=api_key)
     with running(app) as url:
         cmd = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "all", "--mode", "all",
-               "--max-examples", "30", "--seed", "1", "--workers", "1",
+               "--max-examples", "20", "--seed", "1", "--workers", "1",
                "--generation-database", "none", "--no-color", "--continue-on-failure"]
         if api_key:
             cmd += ["--header", f"Authorization: Bearer {api_key}"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _serving import export_model, port_open, wait_ready
+from _serving import port_open, shared_model, wait_ready
 from pipeline_repo import free_port
 
 import ganops.params
@@ -21,8 +21,8 @@ from ganops.serve_config import ServeParams, with_env
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return export_model(tmp_path_factory.mktemp("cli-model"), conditional=False, width=4)
+def model() -> Path:
+    return shared_model(conditional=False)
 
 
 def _copy_model(model: Path, tmp_path: Path, *, sidecar: bool) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _serving import CLASSES, LINEAGE, decode_png, export_model, running
+from _serving import CLASSES, LINEAGE, decode_png, running, shared_model
 
 from ganops.contract import MAX_JSON_SEED
 from ganops.inference import Generator
@@ -23,14 +23,8 @@ CPU = ServeParams(providers="cpu")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    (root / "u").mkdir()
-    (root / "c").mkdir()
-    return {
-        "uncond": export_model(root / "u", conditional=False),
-        "cond": export_model(root / "c", conditional=True),
-    }
+def models() -> dict[str, Path]:
+    return {"uncond": shared_model(conditional=False), "cond": shared_model(conditional=True)}
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +134,23 @@ def test_caching_versioned_urls_are_immutable_and_unversioned_ones_revalidate(un
     # Another model's permanent URL is not this model's image.
     gone = httpx.get(f"{uncond_url}/v1/models/{'0' * 64}/images/7.png")
     assert gone.status_code == 404 and sha in gone.json()["detail"] and "/v1/model" in gone.json()["detail"]
+
+
+def test_the_lean_image_path_and_the_routes_answer_alike(cond_url, generators):
+    # A query parameter the routes ignore sends the same request past the lean path, to FastAPI.
+    sha = generators["cond"].sha256
+    for path in (f"/v1/images/5.png?label=2", f"/v1/models/{sha}/images/5.png?label=2"):
+        for extra in ({}, {"If-None-Match": f'"{sha[:16]}-5-2"'}):
+            lean = httpx.get(cond_url + path, headers=extra)
+            routed = httpx.get(cond_url + path + "&via=routes", headers=extra)
+            assert lean.status_code == routed.status_code == (304 if extra else 200)
+            assert lean.content == routed.content
+            assert {k: v for k, v in lean.headers.items() if k != "date"} == \
+                {k: v for k, v in routed.headers.items() if k != "date"}
+    text = httpx.get(f"{cond_url}/metrics").text
+    for route in ("/v1/images/{seed}.png", "/v1/models/{sha256}/images/{seed}.png"):
+        assert f'ganops_requests_total{{endpoint="{route}",method="GET",status="200"}} 2.0' in text
+        assert f'ganops_requests_total{{endpoint="{route}",method="GET",status="304"}} 2.0' in text
 
 
 def test_conditional_image_needs_a_label_in_range(cond_url, generators):

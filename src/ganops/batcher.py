@@ -98,6 +98,11 @@ class MicroBatcher:
         else:
             self.metrics.queue_depth.set_function(lambda: self._in_flight)
 
+    @property
+    def running(self) -> bool:
+        """A batch is in the worker thread now."""
+        return bool(self._running)
+
     def close(self) -> None:
         """Take no more work. Only sets a flag, so a signal handler may call it."""
         self.closing = True

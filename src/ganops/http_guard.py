@@ -6,12 +6,21 @@ from collections.abc import Collection
 
 from fastapi.responses import JSONResponse
 
+from ganops.batcher import ShuttingDown
 from ganops.serve_metrics import Metrics
 
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The documented error body, {"detail": "..."}."""
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def busy_response(exc: Exception) -> JSONResponse:
+    """503 for Overloaded or ShuttingDown: retry after a second (elsewhere, when shutting down)."""
+    if isinstance(exc, ShuttingDown):
+        # Close the connection too: the client's retry should reach a server that is staying up.
+        return error_response(503, f"{exc}; retry later", {"Retry-After": "1", "Connection": "close"})
+    return error_response(503, f"server overloaded: {exc}; retry later", {"Retry-After": "1"})
 
 
 class Guard:
@@ -56,8 +65,7 @@ class Guard:
                 else "refused" if scope["path"] in self.post_paths and status in (413, 415)
                 else "unmatched"
             )
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            self.metrics.observe(endpoint, scope["method"], status, time.perf_counter() - start)
 
     async def _check_body(self, scope, receive):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

@@ -40,10 +40,12 @@ from ganops.contract import (
     ValidationErrorBody,
     build_contract,
 )
-from ganops.http_guard import Guard, error_response
+from ganops.http_guard import Guard, busy_response, error_response
 from ganops.inference import Generator
 from ganops.interpolation import lerp, slerp
-from ganops.sampling import MAX_SEED, grid, latent, latents, png_bytes
+from ganops.png import png
+from ganops.sampling import MAX_SEED, grid, latent, latents
+from ganops.serve_images import LATEST_ROUTE, VERSIONED_ROUTE, latest_image, lean, versioned_image
 from ganops.serve_config import ServeParams
 from ganops.serve_metrics import Metrics
 
@@ -74,6 +76,7 @@ class Service:
     metrics: Metrics
     contract: Contract
     lineage: dict[str, str]  # the lineage headers of every image response
+    lineage_raw: list[tuple[bytes, bytes]]  # the same, encoded once for the image GETs
     classes: list[str]
     index_html: bytes
     ready: bool = False
@@ -178,40 +181,6 @@ async def model_info(request: Request) -> dict:
     }
 
 
-async def image(request: Request) -> Response:
-    """One image by seed, for whichever model is served now: revalidate it (ETag, no-cache)."""
-    return await _image(request, _service(request), versioned=False)
-
-
-async def versioned_image(request: Request) -> Response:
-    """One image of one model: the URL names the model, so it is cacheable forever (immutable)."""
-    svc = _service(request)
-    if request.path_params["sha256"] != svc.generator.sha256:
-        return error_response(404, f"this server serves model {svc.generator.sha256}, not "
-                                   f"{request.path_params['sha256'][:64]!r}: GET /v1/model for its image URLs")
-    return await _image(request, svc, versioned=True)
-
-
-async def _image(request: Request, svc: Service, *, versioned: bool) -> Response:
-    seed = svc.contract.parse_seed(request.path_params["seed"])
-    label = svc.contract.parse_label(request.query_params.get("label"))
-    etag = f'"{svc.generator.sha256[:16]}-{seed}-{"u" if label is None else label}"'
-    headers = {**svc.lineage, "X-Ganops-Seed": str(seed), "ETag": etag}
-    if label is not None:
-        headers["X-Ganops-Label"] = str(label)
-    if versioned:
-        headers["Cache-Control"] = f"{svc.cache_scope}, max-age={svc.config.cache_max_age_s}, immutable"
-    else:
-        headers["Cache-Control"] = f"{svc.cache_scope}, no-cache"
-        headers["Content-Location"] = svc.image_path(seed) + ("" if label is None else f"?label={label}")
-    if _etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
-    labels = None if label is None else np.full(1, label, np.int64)
-    (png,) = await svc.batcher.submit(latent(seed, svc.generator.z_dim)[None], labels, png=True)
-    svc.metrics.images.inc()
-    return Response(png, media_type="image/png", headers=headers)
-
-
 async def generate(request: Request) -> Response:
     """Many images as a PNG grid, a JSON list of base64 PNGs, or an .npy array."""
     svc = _service(request)
@@ -226,8 +195,8 @@ async def generate(request: Request) -> Response:
     if svc.contract.conditional and isinstance(body.labels, int):
         headers["X-Ganops-Label"] = str(body.labels)
     if body.format == "grid":
-        png = await asyncio.to_thread(png_bytes, grid(images, ncol=body.ncol))  # big: off the loop
-        return Response(png, media_type="image/png", headers=headers)
+        data = await asyncio.to_thread(png, grid(images, ncol=body.ncol))  # big: off the loop
+        return Response(data, media_type="image/png", headers=headers)
     if body.format == "npy":
         buf = io.BytesIO()
         np.save(buf, images, allow_pickle=False)
@@ -252,8 +221,8 @@ async def interpolate(request: Request) -> Response:
                "X-Ganops-Interpolation": body.method}
     if label is not None:
         headers["X-Ganops-Label"] = str(label)
-    png = await asyncio.to_thread(png_bytes, grid(images, ncol=body.steps))
-    return Response(png, media_type="image/png", headers=headers)
+    data = await asyncio.to_thread(png, grid(images, ncol=body.steps))
+    return Response(data, media_type="image/png", headers=headers)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -273,16 +242,20 @@ async def _bad_json(request: Request, exc: BadJson) -> JSONResponse:
     return error_response(400, str(exc))
 
 
-async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-    return error_response(503, f"server overloaded: {exc}; retry later", {"Retry-After": "1"})
-
-
-async def _shutting_down(request: Request, exc: ShuttingDown) -> JSONResponse:
-    # Close the connection too: the client's retry should reach a server that is staying up.
-    return error_response(503, f"{exc}; retry later", {"Retry-After": "1", "Connection": "close"})
+async def _busy(request: Request, exc: Overloaded | ShuttingDown) -> JSONResponse:
+    return busy_response(exc)
 
 
 # --- the app ------------------------------------------------------------------------------------
+
+
+class App(FastAPI):
+    """FastAPI, with serve_images' lean path in front of it for the image GETs."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and await lean(self.state.service, scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
 
 
 @contextlib.asynccontextmanager
@@ -343,18 +316,20 @@ def create_app(*, generator: Generator, config: ServeParams, api_key: str | None
     if generator.conditional and len(classes) != generator.num_classes:
         classes = [str(i) for i in range(generator.num_classes)]
     metrics = Metrics()
+    lineage = {"X-Ganops-Model-Sha256": generator.sha256,
+               **{h: _header_value(meta.get(k, "unknown")) for h, k in LINEAGE_HEADERS.items()}}
     svc = Service(
         generator=generator, config=config, api_key=api_key, metrics=metrics,
         batcher=MicroBatcher(generator=generator, max_batch=config.max_batch,
                              max_wait_ms=config.max_wait_ms, queue_size=config.queue_size,
-                             enabled=config.micro_batching, metrics=metrics, encode_png=png_bytes),
+                             enabled=config.micro_batching, metrics=metrics, encode_png=png),
         contract=build_contract(conditional=generator.conditional, num_classes=generator.num_classes,
                                 max_images=config.max_images),
-        lineage={"X-Ganops-Model-Sha256": generator.sha256,
-                 **{h: _header_value(meta.get(k, "unknown")) for h, k in LINEAGE_HEADERS.items()}},
+        lineage=lineage,
+        lineage_raw=[(k.lower().encode(), v.encode("latin-1")) for k, v in lineage.items()],
         classes=classes, index_html=(STATIC_DIR / "index.html").read_bytes(),
     )
-    app = FastAPI(
+    app = App(
         title="ganops", version=__version__, lifespan=_lifespan, docs_url=None, redoc_url=None,
         description="Images from an exported ganops generator. Seed s always names the same image "
         "for a given model (X-Ganops-Model-Sha256); /v1/models/{sha256}/images/{seed}.png is its "
@@ -364,8 +339,8 @@ def create_app(*, generator: Generator, config: ServeParams, api_key: str | None
     app.add_middleware(Guard, metrics=metrics, max_body_bytes=config.max_body_bytes, post_paths=POST_PATHS)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(BadJson, _bad_json)
-    app.add_exception_handler(Overloaded, _overloaded)
-    app.add_exception_handler(ShuttingDown, _shutting_down)
+    app.add_exception_handler(Overloaded, _busy)
+    app.add_exception_handler(ShuttingDown, _busy)
 
     app.add_api_route("/healthz", healthz, tags=["health"], responses={200: _doc("alive")})
     app.add_api_route("/readyz", readyz, tags=["health"], responses={
@@ -386,11 +361,11 @@ def create_app(*, generator: Generator, config: ServeParams, api_key: str | None
                "X-Ganops-Seed": _header("the seed")}
     image_docs = {200: _doc("a 28x28 grayscale PNG", content=_PNG, headers=lineage),
                   304: _doc("If-None-Match matched the ETag"), **_ERRORS}
-    v1.add_api_route("/images/{seed}.png", image, response_class=Response, responses={
+    v1.add_api_route(LATEST_ROUTE.removeprefix("/v1"), latest_image, response_class=Response, responses={
         **image_docs, 200: _doc("a 28x28 grayscale PNG", content=_PNG, headers={
             **lineage, "Content-Location": _header("the permanent URL of this image")})},
         openapi_extra={"parameters": svc.contract.image_parameters(sha256=None)})
-    v1.add_api_route("/models/{sha256}/images/{seed}.png", versioned_image, response_class=Response,
+    v1.add_api_route(VERSIONED_ROUTE.removeprefix("/v1"), versioned_image, response_class=Response,
                      responses={**image_docs, 404: _doc("another model's URL", ErrorBody)},
                      openapi_extra={"parameters": svc.contract.image_parameters(sha256=generator.sha256)})
     v1.add_api_route("/generate", generate, methods=["POST"], response_class=Response, responses={
@@ -408,14 +383,6 @@ def create_app(*, generator: Generator, config: ServeParams, api_key: str | None
 
 def _json_body(schema: dict) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 If-None-Match: `*` or any listed tag equal to `etag` under weak comparison."""
-    if not if_none_match:
-        return False
-    tags = [t.strip() for t in if_none_match.split(",")]
-    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
 
 
 def _header_value(value: object) -> str:

@@ -26,3 +26,8 @@ class Metrics:
             "ganops_queue_depth", "requests waiting for the generator", registry=self.registry
         )
         self.images = Counter("ganops_images_total", "images generated", registry=self.registry)
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """One finished request, labelled by its route template (never its raw path)."""
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)

@@ -2,8 +2,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const PAGE = 32;  // samples per page: four rows of eight
 let model = null;
-const urls = {};  // element id -> the object URL it shows, revoked when replaced
+let page = [];  // the seeds shown now, as digit strings
+const urls = {};  // key -> the object URL it shows, revoked when replaced
 
 function apiKey() { return sessionStorage.getItem("ganops-api-key") || ""; }
 
@@ -31,44 +33,104 @@ function setStatus(id, state, text) {
   el.textContent = text;
 }
 
-// Seeds go up to 2^63-1, beyond JavaScript's exact integers: keep them as digit strings.
+// Seeds go up to 2^63-1, beyond JavaScript's exact numbers: keep them as digit strings (BigInt math).
 function seedOf(id) {
   const value = $(id).value.trim();
   if (!/^\d+$/.test(value)) throw new Error(`${id}: a seed is a non-negative integer`);
-  return value;
+  return BigInt(value).toString();
 }
 
 function labelValue() { return model && model.conditional ? $("label").value : null; }
+function className(label) { return label === null ? "" : `, class ${model.classes[label]}`; }
 
-async function showBlob(imgId, response, statusId, text) {
-  const blob = await response.blob();
-  const img = $(imgId);
-  img.onload = () => setStatus(statusId, "loaded", text);
-  img.onerror = () => setStatus(statusId, "error", "the image did not decode");
-  if (urls[imgId]) URL.revokeObjectURL(urls[imgId]);
-  urls[imgId] = URL.createObjectURL(blob);
-  img.src = urls[imgId];
+// The permanent URL of one image: it names the model, so the browser may cache it forever.
+function imagePath(seed, label) {
+  return `${model.image_url_prefix}${seed}.png` + (label === null ? "" : `?label=${encodeURIComponent(label)}`);
+}
+
+async function loadInto(img, key, path) {
+  const blob = await (await api(path)).blob();
+  await new Promise((resolve, reject) => {
+    img.onload = resolve;
+    img.onerror = () => reject(new Error("the image did not decode"));
+    if (urls[key]) URL.revokeObjectURL(urls[key]);
+    urls[key] = URL.createObjectURL(blob);
+    img.src = urls[key];
+  });
 }
 
 function updateHash() {
-  const params = new URLSearchParams({ seed: $("seed").value, a: $("seed-a").value,
+  const params = new URLSearchParams({ start: $("start").value, a: $("seed-a").value,
                                        b: $("seed-b").value, steps: $("steps").value });
   if (labelValue() !== null) params.set("label", labelValue());
+  if ($("detail").open) params.set("seed", $("detail").dataset.seed);
   history.replaceState(null, "", "#" + params.toString());
 }
 
-async function showImage() {
+async function showGrid() {
+  let start;
   try {
-    const seed = seedOf("seed");
-    const label = labelValue();
-    setStatus("status", "loading", `loading seed ${seed}…`);
-    const query = label === null ? "" : `?label=${encodeURIComponent(label)}`;
-    const response = await api(`/v1/images/${seed}.png${query}`);
-    const what = label === null ? `seed ${seed}` : `seed ${seed}, class ${model.classes[label]}`;
-    await showBlob("image", response, "status", `loaded ${what}`);
-    updateHash();
+    start = BigInt(seedOf("start"));
   } catch (e) {
     setStatus("status", "error", e.message);
+    return;
+  }
+  const label = labelValue();
+  page = Array.from({ length: PAGE }, (_, i) => (start + BigInt(i)).toString());
+  const what = `seeds ${page[0]}–${page[PAGE - 1]}${className(label)}`;
+  setStatus("status", "loading", `loading ${what}…`);
+  const cells = page.map((seed, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "cell";
+    button.dataset.seed = seed;
+    button.title = `seed ${seed}`;
+    const img = document.createElement("img");
+    img.alt = `seed ${seed}`;
+    img.width = img.height = 84;
+    button.append(img);
+    button.addEventListener("click", () => showDetail(seed, img.src));
+    return button;
+  });
+  $("grid").replaceChildren(...cells);
+  updateHash();
+  try {
+    await Promise.all(cells.map((cell, i) =>
+      loadInto(cell.firstChild, `cell-${i}`, imagePath(page[i], label))));
+    setStatus("status", "loaded", `loaded ${what}`);
+  } catch (e) {
+    setStatus("status", "error", e.message);
+  }
+}
+
+function turnPage(delta) {
+  try {
+    const start = BigInt(seedOf("start")) + BigInt(delta * PAGE);
+    $("start").value = (start < 0n ? 0n : start).toString();
+  } catch (e) {
+    setStatus("status", "error", e.message);
+    return;
+  }
+  showGrid();
+}
+
+async function showDetail(seed, src) {
+  const label = labelValue();
+  const dialog = $("detail");
+  dialog.dataset.seed = seed;
+  $("detail-seed").textContent = `seed ${seed}${className(label)}`;
+  const url = new URL(imagePath(seed, label), location.href).href;
+  $("detail-url").href = url;
+  $("detail-url").textContent = url;
+  if (!dialog.open) dialog.showModal();
+  updateHash();
+  try {
+    if (src) $("detail-image").src = src;
+    else await loadInto($("detail-image"), "detail", imagePath(seed, label));
+    dialog.dataset.state = "loaded";
+  } catch (e) {
+    $("detail-seed").textContent = e.message;
+    dialog.dataset.state = "error";
   }
 }
 
@@ -83,7 +145,13 @@ async function interpolate() {
                  (label === null ? "" : `, "label": ${parseInt(label, 10)}`) + `}`;
     const response = await api("/v1/interpolate", {
       method: "POST", headers: { "Content-Type": "application/json" }, body });
-    await showBlob("strip", response, "interp-status", `loaded ${steps} steps from seed ${a} to seed ${b}`);
+    const blob = await response.blob();
+    const img = $("strip");
+    img.onload = () => setStatus("interp-status", "loaded", `loaded ${steps} steps from seed ${a} to seed ${b}`);
+    img.onerror = () => setStatus("interp-status", "error", "the strip did not decode");
+    if (urls.strip) URL.revokeObjectURL(urls.strip);
+    urls.strip = URL.createObjectURL(blob);
+    img.src = urls.strip;
     updateHash();
   } catch (e) {
     setStatus("interp-status", "error", e.message);
@@ -106,7 +174,7 @@ async function loadModel() {
 
 async function start() {
   const params = new URLSearchParams(location.hash.slice(1));
-  for (const [key, id] of [["seed", "seed"], ["a", "seed-a"], ["b", "seed-b"], ["steps", "steps"]]) {
+  for (const [key, id] of [["start", "start"], ["a", "seed-a"], ["b", "seed-b"], ["steps", "steps"]]) {
     if (params.has(key)) $(id).value = params.get(key);
   }
   try {
@@ -116,17 +184,29 @@ async function start() {
     return;
   }
   if (params.has("label") && model.conditional) $("label").value = params.get("label");
-  await showImage();
+  await showGrid();
+  if (params.has("seed") && /^\d+$/.test(params.get("seed"))) await showDetail(params.get("seed"), null);
   if (params.has("a") && params.has("b")) await interpolate();
 }
 
-$("single-form").addEventListener("submit", (event) => { event.preventDefault(); showImage(); });
+function useInStrip(input) {
+  $(input).value = $("detail").dataset.seed;
+  $("detail").close();
+  interpolate();
+}
+
+$("grid-form").addEventListener("submit", (event) => { event.preventDefault(); showGrid(); });
 $("interp-form").addEventListener("submit", (event) => { event.preventDefault(); interpolate(); });
-$("label").addEventListener("change", showImage);
-$("random-seed").addEventListener("click", () => {
-  $("seed").value = String(Math.floor(Math.random() * 2 ** 31));
-  showImage();
+$("label").addEventListener("change", showGrid);
+$("prev").addEventListener("click", () => turnPage(-1));
+$("next").addEventListener("click", () => turnPage(1));
+$("random-start").addEventListener("click", () => {
+  $("start").value = String(Math.floor(Math.random() * 2 ** 31));
+  showGrid();
 });
+$("detail-a").addEventListener("click", () => useInStrip("seed-a"));
+$("detail-b").addEventListener("click", () => useInStrip("seed-b"));
+$("detail").addEventListener("close", updateHash);
 $("api-key-save").addEventListener("click", () => {
   sessionStorage.setItem("ganops-api-key", $("api-key").value);
   $("auth").hidden = true;
