@@ -1,6 +1,7 @@
 """Run the quality study's configurations with `dvc exp run --temp`, one row per finished run.
 
-    python study/run.py screen          # every configuration of study/configs.yaml's `screen`
+    python study/run.py screen              # every configuration of study/configs.yaml's `screen`
+    python study/run.py final --jobs 2      # through `dvc exp run --queue`, two at a time
     python study/run.py final --only cond20-s0
 
 Each finished experiment appends a row to study/results.csv (its name, the exact command, wall
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -56,28 +59,76 @@ def exp_results(name: str) -> dict:
     return json.loads(out)
 
 
+def _overrides(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("-S", o)]
+
+
+def _row(name: str, group: str, cmd: list[str], wall: float) -> dict:
+    metrics = exp_results(name)
+    return {"name": name, "group": group, "command": shlex.join(cmd), "wall_s": f"{wall:.0f}",
+            **{k: (f"{metrics[k]:.4f}" if isinstance(metrics.get(k), float) else "") for k in METRICS}}
+
+
+def run_one_by_one(todo: dict, group: str) -> None:
+    """`dvc exp run --temp` per configuration: the whole machine for each, in turn."""
+    for name, overrides in todo.items():
+        cmd = ["dvc", "exp", "run", "--temp", "-n", name, *_overrides(overrides)]
+        print(f"study: {name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        if subprocess.run(cmd).returncode != 0:
+            print(f"study: {name} failed; continuing", file=sys.stderr)
+            continue
+        row = _row(name, group, cmd, time.perf_counter() - start)
+        append(row)
+        print(f"study: {name}: fid {row['fid']} in {row['wall_s']}s", file=sys.stderr, flush=True)
+
+
+def run_queued(todo: dict, group: str, jobs: int, *, start: bool = True, queue: bool = True) -> None:
+    """Queue every configuration, run the queue `jobs` at a time with one thread each share of the
+    cores, and record each experiment as it lands. wall_s is then the train stage's own time.
+    start=False: queue behind workers that are already running; queue=False: only wait for and
+    record experiments queued earlier (after this script was interrupted)."""
+    for name, overrides in todo.items() if queue else ():
+        cmd = ["dvc", "exp", "run", "--queue", "-n", name, *_overrides(overrides)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        print(f"study: queued {name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    if start:
+        subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], check=True, env=env)
+    pending = dict(todo)
+    while pending:
+        time.sleep(30)
+        status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True).stdout
+        for name in list(pending):
+            line = next((ln for ln in status.splitlines() if re.search(rf"\b{re.escape(name)}\b", ln)), "")
+            if "Success" in line:
+                logs = subprocess.run(["dvc", "queue", "logs", name], capture_output=True, text=True).stdout
+                took = re.findall(r"train: wrote .* in ([0-9.]+)s", logs)
+                cmd = ["dvc", "exp", "run", "--queue", "-n", name, *_overrides(pending.pop(name))]
+                row = _row(name, group, cmd, float(took[-1]) if took else 0.0)
+                append(row)
+                print(f"study: {name}: fid {row['fid']}, train {row['wall_s']}s", file=sys.stderr, flush=True)
+            elif "Failed" in line:
+                pending.pop(name)
+                print(f"study: {name} failed: see `dvc queue logs {name}`", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("group", help="a top-level key of study/configs.yaml (screen, final, ...)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these configuration names")
+    parser.add_argument("--jobs", type=int, default=1, help="experiments at a time (> 1: through the queue)")
+    parser.add_argument("--no-start", action="store_true", help="with --jobs: the queue's workers already run")
+    parser.add_argument("--collect", action="store_true", help="with --jobs: only record experiments queued before")
     args = parser.parse_args()
     configs = yaml.safe_load((HERE / "configs.yaml").read_text())[args.group]
     done = done_names()
-    for name, overrides in configs.items():
-        if (args.only and name not in args.only) or name in done:
-            continue
-        cmd = ["dvc", "exp", "run", "--temp", "-n", name, *[a for o in overrides for a in ("-S", o)]]
-        print(f"study: {name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        result = subprocess.run(cmd)
-        wall = time.perf_counter() - start
-        if result.returncode != 0:
-            print(f"study: {name} failed (exit {result.returncode}); continuing", file=sys.stderr)
-            continue
-        metrics = exp_results(name)
-        append({"name": name, "group": args.group, "command": shlex.join(cmd), "wall_s": f"{wall:.0f}",
-                **{k: (f"{metrics[k]:.4f}" if isinstance(metrics.get(k), float) else "") for k in METRICS}})
-        print(f"study: {name}: fid {metrics['fid']:.2f} in {wall:.0f}s", file=sys.stderr, flush=True)
+    todo = {name: o for name, o in configs.items() if name not in done and (not args.only or name in args.only)}
+    if args.jobs > 1:
+        run_queued(todo, args.group, args.jobs, start=not (args.no_start or args.collect),
+                   queue=not args.collect)
+    else:
+        run_one_by_one(todo, args.group)
     return 0
 
 

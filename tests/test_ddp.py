@@ -18,7 +18,7 @@ def test_torchrun_two_gloo_processes(tmp_path, tiny_prepared):
     # The trickiest path: WGAN-GP's double backward under DDP, 2 D steps per G step, conditional nets.
     # 200 images -> 100 per rank -> 100 // 8 // 2 = 6 steps.
     (tmp_path / "params.yaml").write_text(json.dumps({
-        "model": {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True},
+        "model": {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True, "d_norm": "none"},
         "train": {"batch_size": 8, "epochs": 1, "loss": "wgan_gp", "d_steps": 2,
                   "checkpoint_every": 4, "log_every": 2, "curve_samples": 0, "device": "cpu"},
     }))

@@ -34,7 +34,7 @@ RUNNABLE_PREFIXES = ("source .venv/bin/activate", "dvc ", "ganops ", ".venv/bin/
 COVERED_ELSEWHERE = {
     "python3 -m venv /tmp/ganops-serve && /tmp/ganops-serve/bin/pip install -r requirements-serve.lock"
     " && /tmp/ganops-serve/bin/pip install --no-deps .": "tests/test_slim_env.py",
-    "torchrun --nproc_per_node=4 stages/train.py data/prepared models/gan models/checkpoints reports/train":
+    "torchrun --nproc_per_node=4 stages/train.py data/prepared models/classifier data/reference models/gan models/checkpoints reports/train":
         "tests/test_ddp.py",
     "export MLFLOW_TRACKING_URI=http://mlflow-host:5000": "tests/test_mlflow_postgres.py",
     "dvc remote add -d storage <url>": "tests/test_dvc_remote.py",

@@ -90,7 +90,7 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
     assert json.loads((tmp_path / "reports" / "mlflow_run.json").read_text())["run_id"] == run_id
     G, meta = load_generator(tmp_path / "gan")
     assert meta["config"] == {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True, "num_classes": 10,
-                              "g_upsample": "transposed", "d_norm": "none"}
+                              "g_upsample": "resize", "d_norm": "batch"}
     assert meta["lineage"] == {
         "git_commit": meta["lineage"]["git_commit"],
         "data_manifest_sha256": manifest_hash(tiny_prepared),
@@ -131,7 +131,7 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
         ("minimax", {"arch": "mlp"}, 1),
         ("non_saturating", {"arch": "mlp", "conditional": True}, 2),
         ("hinge", {"conditional": True}, 1),
-        ("wgan_gp", {"conditional": True}, 2),
+        ("wgan_gp", {"conditional": True, "d_norm": "none"}, 2),
     ],
 )
 def test_every_loss_trains(tmp_path, tiny_prepared, tracking_env, loss, model, d_steps):
@@ -262,7 +262,8 @@ def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, t
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_run_trains_and_saves_a_cpu_loadable_generator(tmp_path, tiny_prepared, tracking_env):
     summary = _train(tmp_path, tiny_prepared,
-                     _params(model={"conditional": True}, loss="wgan_gp", max_steps=6, device="cuda"))
+                     _params(model={"conditional": True, "d_norm": "spectral"}, loss="wgan_gp", max_steps=6,
+                             device="cuda"))
     assert summary["device"].startswith("cuda") and summary["steps"] == 6
     rows = _read_csv(tmp_path / "reports" / "losses.csv")
     assert all(np.isfinite(float(r[k])) for r in rows for k in CSV_COLUMNS)

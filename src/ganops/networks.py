@@ -33,8 +33,6 @@ class NetConfig:
                                     ("d_norm", self.d_norm, D_NORMS)):
             if value not in choices:
                 raise ValueError(f"unknown model.{key} '{value}': choose one of {', '.join(choices)}")
-        if self.arch == "mlp" and self.d_norm == "batch":
-            raise ValueError("model.d_norm 'batch' is for arch dcgan: use none or spectral with mlp")
 
 
 def _init_dcgan(module: nn.Module) -> None:
@@ -107,7 +105,8 @@ class Discriminator(nn.Module):
             self.features = nn.Sequential(
                 nn.Flatten(),
                 nn.Linear(28 * 28, 8 * w), nn.LeakyReLU(0.2, inplace=True),
-                nn.Linear(8 * w, feat), nn.LeakyReLU(0.2, inplace=True),
+                nn.Linear(8 * w, feat), nn.BatchNorm1d(feat) if cfg.d_norm == "batch" else nn.Identity(),
+                nn.LeakyReLU(0.2, inplace=True),
             )
         else:
             # d_norm "batch" normalises after the second conv as in Radford et al. (it couples the

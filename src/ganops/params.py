@@ -39,8 +39,8 @@ class ModelParams:
     z_dim: int = 100
     width: int = 64  # channels of the first conv (dcgan) or hidden units / 4 (mlp)
     conditional: bool = False  # label embedding in G, projection discriminator
-    g_upsample: str = "transposed"  # transposed | resize (nearest x2 + 3x3 conv: no checkerboard)
-    d_norm: str = "none"  # none | batch (after D's 2nd conv) | spectral (every D layer)
+    g_upsample: str = "resize"  # transposed | resize (nearest x2 + 3x3 conv: no checkerboard)
+    d_norm: str = "batch"  # none | batch (after D's 2nd conv) | spectral (every D layer)
 
 
 @dataclass(frozen=True)
