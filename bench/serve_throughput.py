@@ -1,23 +1,30 @@
-"""Serving speed: ONNX Runtime vs torch eager, and the HTTP server with and without micro-batching.
+"""Serving throughput: `ganops serve` under wrk, against ONNX Runtime's ceilings and a reference server.
 
-    .venv/bin/python bench/serve_throughput.py [--model-dir models/gan] [--requests 400]
+    nice -n 5 .venv/bin/python bench/serve_throughput.py [--model models/generator.onnx] [--seconds 15]
 
-(a) generator images/s, torch eager vs ONNX Runtime (CPU), at batch 1 and 256;
-(b) single-image GET /v1/images/{seed}.png against a real `ganops serve` subprocess on a free
-    loopback port, at concurrency 1, 8 and 32 (keep-alive connections, a bounded number of
-    requests each), micro-batching on and off: throughput, p50, p99.
-Everything is measured in this run and reported as ratios against the baselines of this run; the
-client shares the machine with the server, so absolute numbers are a floor. Without --model-dir the
-generator is a freshly initialised one of params.yaml's model section (speed does not depend on the
-weights).
+Everything in one run, on this machine:
+  1. raw ONNX Runtime at batch 256, images/s (the session alone);
+  2. ONNX Runtime + PNG encoding at batch 64 in one process, images/s: the ceiling of any server
+     here, since every image must be drawn and encoded;
+  3. bench/reference_server.py, a plain Starlette app calling the session per request: the anchor;
+  4. `ganops serve` with its defaults (plus --serve-args);
+3 and 4 under wrk (Debian's `wrk`: one thread, keep-alive connections, a random seed per request,
+GET /v1/images/{seed}.png) at concurrency 1 and 32: requests/s, p50, p99, and the CPU time each
+image cost (the server process's, all threads, and wrk's), which depends far less than requests/s
+on what else the machine is running. wrk costs little CPU, but it still shares the cores with the
+server. Without --model (or when models/generator.onnx is
+absent) the model is a freshly initialised generator of params.yaml's model section, exported:
+speed does not depend on the weights. Prints the machine's load before the run, then a Markdown
+table (the README's). The goal: at c=32, >= 50% of the ceiling with p99 <= 25 ms, ahead of 3.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import socket
+import re
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,176 +33,195 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
 
-from ganops.export import export_onnx
-from ganops.inference import Generator as OnnxGenerator
-from ganops.networks import Generator, NetConfig, load_generator, save_generator
-from ganops.params import load
-from ganops.sampling import latents
+from ganops.inference import Generator
+from ganops.png import png
+from ganops.sampling import latents, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = """
+math.randomseed(%d)
+request = function()
+  return wrk.format("GET", "/v1/images/" .. math.random(0, 2147483647) .. ".png%s")
+end
+"""
 
 
-def images_per_second(run, batch: int, min_seconds: float) -> float:
-    """Calls `run()` (one batch) until `min_seconds` have passed (and at least 5 times)."""
+def images_per_second(run, batch: int, min_seconds: float) -> tuple[float, float]:
+    """Calls `run()` (one batch) until `min_seconds` have passed (and at least 5 times):
+    images per second, and CPU microseconds (all threads) per image."""
     for _ in range(3):
         run()
-    calls, start = 0, time.perf_counter()
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
     while calls < 5 or time.perf_counter() - start < min_seconds:
         run()
         calls += 1
-    return batch * calls / (time.perf_counter() - start)
+    images = batch * calls
+    return images / (time.perf_counter() - start), (time.process_time() - cpu) / images * 1e6
 
 
-def bench_runtimes(torch_g: Generator, onnx_g: OnnxGenerator, min_seconds: float) -> dict[str, float]:
-    out = {}
-    for batch in (1, 32, 256):
-        z = latents(range(batch), onnx_g.z_dim)
-        labels = np.zeros(batch, np.int64) if onnx_g.conditional else None
-        zt = torch.from_numpy(z)
-        lt = None if labels is None else torch.from_numpy(labels)
-
-        def eager(zt=zt, lt=lt):
-            with torch.inference_mode():
-                torch_g(zt, lt)
-
-        if batch != 32:  # batch 32 only as the server's best case at concurrency 32
-            out[f"torch_b{batch}"] = images_per_second(eager, batch, min_seconds)
-        out[f"ort_b{batch}"] = images_per_second(lambda z=z, labels=labels: onnx_g.run(z, labels), batch, min_seconds)
-    return out
+def ceilings(model: Path, min_seconds: float) -> dict[str, tuple[float, float]]:
+    g = Generator.from_onnx(model, providers="cpu")  # ONNX Runtime's own thread default
+    z256, z64 = latents(range(256), g.z_dim), latents(range(64), g.z_dim)
+    labels = {n: np.zeros(n, np.int64) if g.conditional else None for n in (256, 64)}
+    return {  # the PNG encoder is the server's own
+        "ort_b256": images_per_second(lambda: g.run(z256, labels[256]), 256, min_seconds),
+        "ort_png_b64": images_per_second(
+            lambda: [png(im) for im in to_uint8(g.run(z64, labels[64]))], 64, min_seconds),
+    }
 
 
-async def _client(port: int, seeds: list[int], label: str, latencies: list[float], errors: list[str]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def busy_fraction(seconds: float = 2.0) -> float:
+    """The share of all cores busy (any process) over `seconds`, from /proc/stat."""
+    def sample():
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def _seconds(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, *, connections: int, seconds: float, label: str, seed: int, server_pid: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % (seed, label))
+    server_cpu, children = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        for seed in seeds:
-            request = f"GET /v1/images/{seed}.png{label} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-            start = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            length = next(int(ln.split(":", 1)[1]) for ln in lines if ln.lower().startswith("content-length:"))
-            await reader.readexactly(length)
-            latencies.append(time.perf_counter() - start)
-            if not lines[0].startswith("HTTP/1.1 200"):
-                errors.append(lines[0])
+        done = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", f.name,
+             f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=seconds + 60, check=True)
     finally:
-        writer.close()
+        os.unlink(f.name)
+    server_cpu = cpu_seconds(server_pid) - server_cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    text = done.stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: (.*)$", text, re.M)
+    requests = int(re.search(r"(\d+) requests in", text)[1])
+    return {"connections": connections, "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1]),
+            "server_cpu_us": server_cpu / requests * 1e6, "wrk_cpu_us": wrk_cpu / requests * 1e6,
+            "p50_ms": _seconds(latency["50"]) * 1e3, "p99_ms": _seconds(latency["99"]) * 1e3,
+            "errors": int(errors[1]) if errors else 0, "socket_errors": socket_errors[1] if socket_errors else ""}
 
 
-async def load_test(port: int, *, concurrency: int, requests: int, first_seed: int, label: str) -> dict:
-    """`requests` single-image GETs over `concurrency` keep-alive connections."""
-    per = [list(range(first_seed + i, first_seed + requests, concurrency)) for i in range(concurrency)]
-    latencies: list[float] = []
-    errors: list[str] = []
-    start = time.perf_counter()
-    await asyncio.gather(*(_client(port, seeds, label, latencies, errors) for seeds in per))
-    wall = time.perf_counter() - start
-    ms = np.asarray(latencies) * 1000
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": len(errors),
-            "img_per_s": len(latencies) / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99))}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def bench_server(model: Path, *, micro_batching: bool, requests: int, label: str) -> list[dict]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "ganops.cli", "serve", "--model", str(model), "--port", str(port),
-           "--providers", "cpu", "--log-level", "warning"]
-    if not micro_batching:
-        cmd.append("--no-micro-batching")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("GANOPS_API_KEY", None)
-    server = subprocess.Popen(cmd, env=env)
+def run_server(cmd: list[str], port: int, ready_path: str, *, seconds: float, label: str) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GANOPS_")}
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not get ready")
-            time.sleep(0.1)
-        results = []
-        for i, concurrency in enumerate((1, 8, 32)):
-            asyncio.run(load_test(port, concurrency=concurrency, requests=min(64, requests),
-                                  first_seed=10**9, label=label))  # warm the connections and code paths
-            results.append(asyncio.run(load_test(port, concurrency=concurrency, requests=requests,
-                                                 first_seed=i * requests, label=label)))
-        return results
+                raise RuntimeError(f"{cmd} did not get ready: {server.stderr.read()[-2000:] if server.poll() is not None else ''}")
+            time.sleep(0.2)
+        rows = []
+        for i, connections in enumerate((1, 32)):
+            wrk(port, connections=connections, seconds=2, label=label, seed=100 + i, server_pid=server.pid)  # warm up
+            rows.append(wrk(port, connections=connections, seconds=seconds, label=label, seed=i,
+                            server_pid=server.pid))
+        return rows
     finally:
         server.terminate()
         server.wait(30)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_model(directory: Path) -> Path:
+    """params.yaml's model section, freshly initialised and exported (needs the pipeline's torch)."""
+    import torch
+
+    from ganops.export import export_onnx
+    from ganops.networks import Generator as TorchGenerator
+    from ganops.networks import NetConfig, save_generator
+    from ganops.params import load
+
+    m = load(REPO / "params.yaml").model
+    torch.manual_seed(0)
+    fields = {f: getattr(m, f) for f in NetConfig.__dataclass_fields__ if hasattr(m, f)}
+    save_generator(directory / "gan", TorchGenerator(NetConfig(**fields)).eval())
+    export_onnx(model_dir=directory / "gan", onnx_path=directory / "generator.onnx", opset=18,
+                lineage={}, parity_seeds=8)
+    return directory / "generator.onnx"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", help="a saved generator (models/gan); default: a fresh one")
-    parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="time per runtime measurement")
+    parser.add_argument("--model", help="an exported generator (default: models/generator.onnx, else a fresh one)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="wrk duration per measurement")
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="time per ONNX Runtime measurement")
+    parser.add_argument("--serve-args", default="", help="extra `ganops serve` flags, e.g. '--ort-threads 0'")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: this bench measures with Debian's wrk (apt-get install -y wrk)", file=sys.stderr)
+        return 2
 
     with tempfile.TemporaryDirectory(prefix="ganops-bench-") as tmp:
-        tmp = Path(tmp)
-        if args.model_dir:
-            torch_g, _ = load_generator(args.model_dir)
-            model_dir = Path(args.model_dir)
-        else:
-            m = load(REPO / "params.yaml").model
-            torch.manual_seed(0)
-            torch_g = Generator(NetConfig(arch=m.arch, z_dim=m.z_dim, width=m.width, conditional=m.conditional)).eval()
-            model_dir = tmp / "gan"
-            save_generator(model_dir, torch_g)
-        onnx_path = tmp / "generator.onnx"
-        export_onnx(model_dir=model_dir, onnx_path=onnx_path, opset=18, lineage={}, parity_seeds=8)
-        onnx_g = OnnxGenerator.from_onnx(onnx_path, providers="cpu")
-        print(f"model: {torch_g.cfg}; {os.cpu_count()} CPUs; torch {torch.get_num_threads()} threads",
-              file=sys.stderr)
+        model = Path(args.model) if args.model else REPO / "models" / "generator.onnx"
+        if not args.model and not model.exists():
+            model = fresh_model(Path(tmp))
+        g = Generator.from_onnx(model, providers="cpu")
+        label = "?label=0" if g.conditional else ""
+        busy = busy_fraction()
+        print(f"model {model} ({g!r}); {os.cpu_count()} CPUs, {busy:.0%} busy before the run "
+              f"(load average {os.getloadavg()[0]:.2f})", file=sys.stderr)
+        runtime = ceilings(model, args.min_seconds)
+        port = free_port()
+        reference = run_server([sys.executable, str(REPO / "bench" / "reference_server.py"), "--model",
+                                str(model), "--port", str(port)], port, f"/v1/images/0.png{label}",
+                               seconds=args.seconds, label=label)
+        port = free_port()
+        ganops = run_server([sys.executable, "-m", "ganops.cli", "serve", "--model", str(model), "--port",
+                             str(port), "--providers", "cpu", "--log-level", "warning", "--no-verify",
+                             *args.serve_args.split()], port, "/readyz", seconds=args.seconds, label=label)
+        busy_after = busy_fraction()
 
-        runtimes = bench_runtimes(torch_g, onnx_g, args.min_seconds)
-        label = "?label=0" if onnx_g.conditional else ""
-        servers = {mode: bench_server(onnx_path, micro_batching=mode == "on", requests=args.requests, label=label)
-                   for mode in ("on", "off")}
-
-    print("\n(a) generator, images/s (CPU)")
-    print(f"{'batch':>6} {'torch eager':>12} {'onnxruntime':>12} {'ratio':>7}")
-    for b in (1, 256):
-        t, o = runtimes[f"torch_b{b}"], runtimes[f"ort_b{b}"]
-        print(f"{b:>6} {t:>12.0f} {o:>12.0f} {o / t:>6.2f}x")
-    print(f"(onnxruntime at batch 32, the most a concurrency-32 server can batch: {runtimes['ort_b32']:.0f} img/s)")
-
-    print("\n(b) server, single-image GET /v1/images/{seed}.png")
-    print(f"{'micro-batching':>14} {'conc':>5} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for mode, rows in servers.items():
+    ceiling, ceiling_cpu = runtime["ort_png_b64"]
+    print(f"\nwrk -t1, {args.seconds:g} s per row, GET /v1/images/{{seed}}.png, random seeds; "
+          f"{busy:.0%} / {busy_after:.0%} of the CPUs busy before / after\n")
+    print("| what | concurrency | img/s | of the ceiling | p50 ms | p99 ms | CPU µs per image | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| ONNX Runtime, batch 256 | - | {runtime['ort_b256'][0]:.0f} | - | - | - | {runtime['ort_b256'][1]:.0f} | - |")
+    print(f"| ONNX Runtime + PNG, batch 64: the ceiling | - | {ceiling:.0f} | 100% | - | - | {ceiling_cpu:.0f} | - |")
+    for name, rows in (("reference server", reference), ("`ganops serve`", ganops)):
         for r in rows:
-            print(f"{mode:>14} {r['concurrency']:>5} {r['img_per_s']:>8.0f} {r['p50_ms']:>8.2f} "
-                  f"{r['p99_ms']:>8.2f} {r['errors']:>7}")
-
-    on32, off32 = servers["on"][2], servers["off"][2]
-    ratios = {
-        "ort_vs_torch_b1": runtimes["ort_b1"] / runtimes["torch_b1"],
-        "ort_vs_torch_b256": runtimes["ort_b256"] / runtimes["torch_b256"],
-        "server_c32_vs_raw_ort_b256": on32["img_per_s"] / runtimes["ort_b256"],
-        "server_c32_vs_raw_ort_b32": on32["img_per_s"] / runtimes["ort_b32"],
-        **{f"micro_on_vs_off_c{on['concurrency']}": on["img_per_s"] / off["img_per_s"]
-           for on, off in zip(servers["on"], servers["off"], strict=True)},
-    }
-    print("\nratios (targets: ort_vs_torch_b1 >= 3; server_c32_vs_raw_ort_b256 >= 0.5 with p99 <= 50 ms)")
-    for name, value in ratios.items():
-        print(f"  {name:<28} {value:6.2f}")
-    print(f"  {'p99_ms_c32_micro_batching':<28} {on32['p99_ms']:6.1f}")
+            errors = f"{r['errors']}{' ' + r['socket_errors'] if r['socket_errors'] else ''}"
+            print(f"| {name} | {r['connections']} | {r['req_per_s']:.0f} | {r['req_per_s'] / ceiling:.0%} | "
+                  f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['server_cpu_us']:.0f} (+ wrk {r['wrk_cpu_us']:.0f}) | "
+                  f"{errors} |")
+    c32 = ganops[1]
+    goal = c32["req_per_s"] >= 0.5 * ceiling and c32["p99_ms"] <= 25 and c32["req_per_s"] > reference[1]["req_per_s"]
+    print(f"\ngoal (c=32: >= 50% of the ceiling, p99 <= 25 ms, ahead of the reference): "
+          f"{'met' if goal else 'not met'} ({c32['req_per_s'] / ceiling:.0%}, p99 {c32['p99_ms']:.1f} ms, "
+          f"{c32['req_per_s'] / reference[1]['req_per_s']:.2f}x the reference)")
     if args.out:
-        Path(args.out).write_text(json.dumps({"runtimes": runtimes, "servers": servers, "ratios": ratios},
-                                             indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({"runtime": runtime, "reference": reference, "ganops": ganops,
+                                              "busy_before": busy, "busy_after": busy_after}, indent=2) + "\n")
     return 0
 
 
