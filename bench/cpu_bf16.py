@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cpu_bf16.py [--steps 40] [--rounds 2]
 
-Prints img/s of each and the ratio; the evidence behind `train.cpu_bf16`'s default.
+Prints img/s of each and the ratio; the evidence behind `train.precision: auto` choosing bf16 on a CPU that has it.
 """
 from __future__ import annotations
 

@@ -53,8 +53,8 @@ def reference_loop(*, images: np.ndarray, labels: np.ndarray, cfg: NetConfig, tp
     """img/s of the bare loop over `steps` generator steps (non-saturating loss, like the default)."""
     torch.manual_seed(tp.seed)
     G, D = Generator(cfg), Discriminator(cfg)
-    opt_g = torch.optim.Adam(G.parameters(), lr=tp.lr_g, betas=(tp.beta1, tp.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=tp.lr_d, betas=(tp.beta1, tp.beta2))
+    opt_g = torch.optim.Adam(G.parameters(), lr=tp.lr_g, betas=tuple(tp.betas_g))
+    opt_d = torch.optim.Adam(D.parameters(), lr=tp.lr_d, betas=tuple(tp.betas_d))
     loader = DataLoader(PerSampleImages(images, labels), batch_size=tp.batch_size, shuffle=True,
                         drop_last=True)
     start = time.perf_counter()
@@ -81,11 +81,13 @@ def reference_loop(*, images: np.ndarray, labels: np.ndarray, cfg: NetConfig, tp
 
 def ganops_loop(*, prepared: Path, params, steps: int, work: Path, round_: int) -> float:
     """img/s of train() itself (its loop time: steps, logging, EMA, checkpoints, the final grid)."""
+    # No quality curve: the bench times the loop, and it may run without a classifier.
     tp = dataclasses.replace(params.train, max_steps=steps, epochs=max(params.train.epochs, 1),
-                             checkpoint_every=max(1, steps // 3), log_every=max(1, steps // 5))
+                             checkpoint_every=max(1, steps // 3), log_every=max(1, steps // 5),
+                             curve_samples=0)
     run = work / f"ganops-{round_}"
     summary = train(params=dataclasses.replace(params, train=tp), prepared_dir=prepared,
-                    model_dir=run / "gan", checkpoint_dir=run / "ckpt", report_dir=run / "reports")
+                    classifier_dir=run / "unused", reference_dir=run / "unused", model_dir=run / "gan", checkpoint_dir=run / "ckpt", report_dir=run / "reports")
     return summary["img_per_s"]
 
 
@@ -115,7 +117,7 @@ def main(argv: list[str]) -> int:
         images, labels = load_split(prepared, "train")
         mp, tp = params.model, params.train
         num_classes = int(load_manifest(prepared)["num_classes"])
-        cfg = NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, num_classes)
+        cfg = NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, num_classes, g_upsample=mp.g_upsample, d_norm=mp.d_norm)
         print(f"data: {dataset}, {len(images)} images; {mp.arch} width {mp.width}, batch {tp.batch_size}, "
               f"loss {tp.loss}; {args.steps} steps x {args.rounds} rounds; torch threads "
               f"{torch.get_num_threads()}", flush=True)
