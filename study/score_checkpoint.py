@@ -1,0 +1,72 @@
+"""Score a training checkpoint's EMA generator with Inception FID (Lucic et al. protocol) and the
+domain fid, outside the pipeline: for a run that cannot finish (e.g. a session ending mid-run).
+
+    python study/score_checkpoint.py CHECKPOINT --set model.d_norm=batch model.g_upsample=resize \
+        [--reference data/reference] [--classifier models/classifier] [--samples 10000]
+
+The model params (--set, as in `dvc exp run -S`) must be those it was trained with. Prints one
+JSON line: step, epochs, fid (domain, 10k), fid_inception. Batch-norm statistics are recomputed
+for the EMA weights on the training loop's fixed latents first, as the loop does at epoch ends.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ganops import metrics as m
+from ganops import params as params_mod
+from ganops.classifier import extract, load_classifier
+from ganops.evaluation import generate
+from ganops.networks import Generator, NetConfig
+from ganops.sampling import latents
+from ganops.training import BN_SEEDS, _recompute_bn_stats
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--set", nargs="*", default=[], help="section.key=value overrides of params.yaml")
+    ap.add_argument("--reference", default="data/reference")
+    ap.add_argument("--classifier", default="models/classifier")
+    ap.add_argument("--samples", type=int, default=10000)
+    ap.add_argument("--steps-per-epoch", type=int, default=468)
+    args = ap.parse_args()
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    p = params_mod.parse(raw)
+    mp, ep = p.model, p.evaluate
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    G = Generator(NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, 10,
+                            g_upsample=mp.g_upsample, d_norm=mp.d_norm))
+    G.load_state_dict(state["G_ema"])
+    bn_y = torch.arange(len(BN_SEEDS)) % 10 if mp.conditional else None
+    _recompute_bn_stats(G, torch.from_numpy(latents(BN_SEEDS, mp.z_dim)), bn_y)
+    G.eval()
+    images, labels = generate(G, num_samples=args.samples, seed=ep.seed, batch_size=ep.batch_size)
+    classifier, _ = load_classifier(args.classifier)
+    feats, predicted = extract(classifier, images, batch_size=ep.batch_size)
+    ref = Path(args.reference)
+    out = {"checkpoint": args.checkpoint, "step": state["step"], "epochs": state["step"] / args.steps_per_epoch,
+           "fid": m.frechet_distance(*m.gaussian_stats(feats), np.load(ref / "test_mu.npy"),
+                                     np.load(ref / "test_sigma.npy"))}
+    if labels is not None:
+        out["class_accuracy"] = float((predicted == labels).mean())
+    inception = m.InceptionPool3(m.inception_weights_path(ep.inception_weights))
+    mu, sigma = m.gaussian_stats(inception.features(images))
+    out["fid_inception"] = m.frechet_distance(mu, sigma, np.load(ref / "inception_test_mu.npy"),
+                                              np.load(ref / "inception_test_sigma.npy"))
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
