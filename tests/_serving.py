@@ -77,7 +77,7 @@ def running(app, *, lifespan: str = "on") -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")
@@ -92,7 +92,7 @@ def running(app, *, lifespan: str = "on") -> Iterator[str]:
         sock.close()
 
 
-def wait_ready(url: str, timeout: float = 30.0, headers: dict | None = None) -> None:
+def wait_ready(url: str, timeout: float = 60.0, headers: dict | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -35,8 +35,8 @@ from ganops.contract import (
     BadJson,
     Contract,
     ErrorBody,
-    MAX_JSON_SEED,
     ImagesBody,
+    MAX_JSON_SEED,
     ValidationErrorBody,
     build_contract,
 )
