@@ -6,6 +6,7 @@ configuration, seeds pooled into mean ± std of Inception FID. Published numbers
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -53,9 +54,10 @@ def table(rows: list[dict]) -> str:
         elif inc:
             inception = f"{inc[0]:.1f} (1 seed)"
         wall = statistics.fmean(float(r["wall_s"]) for r in members) / 60
-        epochs = "20" if group == "final" else "5"
+        found = re.search(r"train\.epochs=(\d+)", members[0]["command"])
+        epochs = found.group(1) if found else "5"  # params.yaml's default
         lines.append(f"| `{name}` | {epochs} | " + " | ".join(_fmt(mean[k]) for k in DOMAIN)
-                     + f" | {inception} | {wall:.0f} min |")
+                     + f" | {inception} | " + (f"{wall:.0f} min |" if wall else "train from the run cache |"))
     if floor is not None:
         lines.append(f"| real floor (train vs test) | | {_fmt(floor)} | | | | 2.53 (train[:10k] vs test, as measured for issue 12) | |")
     for name, value in PUBLISHED:
