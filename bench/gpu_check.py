@@ -15,6 +15,19 @@ A CUDA-only part records "skipped: ..." where it cannot run (always in --dry-run
 check failed. The JSON is rewritten after every section, so a run stopped at a time limit keeps what
 it measured. Uses data/prepared when present, else random images; all other outputs (models,
 checkpoints, the MLflow store) go to a temp dir that is removed at the end.
+
+Where no package registry can be reached (a lent GPU machine whose own python3 has torch, onnx and
+onnxruntime but not MLflow or prdc), bring those as wheels (about 22 MB) in a git-ignored .gpu/:
+    echo /.gpu/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
+      -d .gpu/whl $(grep -iE "^($WHEELS)==" requirements.lock)
+with WHEELS='mlflow.skinny|mlflow.tracing|sqlalchemy|alembic|mako|prdc|databricks.sdk|google.auth|pyasn1|
+pyasn1.modules|cryptography|cffi|pycparser|cachetools|fastapi|starlette|uvicorn|gitpython|gitdb|smmap|
+importlib.metadata|opentelemetry.(api|proto|sdk|semantic.conventions)|pydantic|pydantic.core|
+annotated.types|typing.inspection|python.dotenv|sqlparse' (one line), and there run
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl
+    PYTHONPATH=$PWD/src:/tmp/site python3 bench/gpu_check.py --out $OUT/gpu_check.json
 """
 from __future__ import annotations
 
@@ -45,6 +58,7 @@ from ganops import metrics, params
 from ganops.fileio import write_json
 from ganops.prepared import load_manifest, load_split, write_prepared
 
+TORCHRUN_TIMEOUT_S = 300  # one torchrun of stages/train.py, start-up of both processes included
 PARITY_ATOL = 1e-3  # ONNX Runtime CUDA vs CPU, max abs difference on images in [-1, 1]
 # pool3 features of the same images on the GPU vs the CPU: max |gpu - cpu| / max |cpu|. cuDNN's
 # convolutions run in TF32 by default (what evaluate uses), which is expected to stay well inside this.
@@ -328,14 +342,18 @@ def _torchrun(*, raw: dict, prepared: Path, work: Path, device: str, steps: int,
     log = work / "torchrun.log"
     start = time.perf_counter()
     with log.open("w") as f:
-        # Its own process group, so a timeout stops torchrun's workers as well.
-        proc = subprocess.Popen(cmd, cwd=work, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=work, stdout=f, stderr=subprocess.STDOUT)
         try:
-            returncode = proc.wait(timeout=300)
+            returncode = proc.wait(timeout=TORCHRUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            returncode = "timeout after 300 s"
+            # torchrun starts each worker in a session of its own: only torchrun can stop them, on SIGTERM.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            returncode = f"timeout after {TORCHRUN_TIMEOUT_S} s"
     output = log.read_text(errors="replace")
     result = {"returncode": returncode, "wall_s": round(time.perf_counter() - start, 1),
               "output_tail": output[-4000:]}
