@@ -127,7 +127,7 @@ def main() -> int:
             results[name] = result
             write_json(args.out, results)
             print(f"gpu_check: {name}: {_summary(result)}", file=sys.stderr, flush=True)
-    failed = [name for name, r in results.items() if isinstance(r, dict) and not r["ok"]]
+    failed = [name for name in sections if not results[name]["ok"]]
     print(f"gpu_check: wrote {args.out}; " + (f"FAILED: {', '.join(failed)}" if failed else "all ok"),
           file=sys.stderr)
     return 1 if failed else 0
