@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import shlex
@@ -47,7 +46,7 @@ from ganops.fileio import write_json
 from ganops.idx import prepare
 from ganops.prepared import load_manifest, load_split, write_prepared
 from ganops.training import train
-from run import COLUMNS, METRICS  # study/run.py, beside this file: study/results.csv's columns
+from run import COLUMNS, METRICS, append, done_names  # study/run.py, beside this file: study/results.csv's columns
 
 CONFIGS = Path(__file__).parent / "configs.yaml"
 RUN_FILES = ("gan/generator.pt", "gan/generator.json", "train/losses.csv", "train/quality.csv",
@@ -129,7 +128,7 @@ def main() -> int:
     summary = {"group": args.group, "dry_run": args.dry_run, "inception": inception, "inputs": inputs, "runs": {}}
     if (args.out / "results.json").exists():
         summary["runs"] = json.loads((args.out / "results.json").read_text())["runs"]
-    done = _done_names(args.out / "results.csv")
+    done = done_names(args.out / "results.csv")
     failed = []
     for name, overrides in configs.items():
         if name in done:
@@ -152,7 +151,7 @@ def main() -> int:
         if "metrics" in record:
             command = shlex.join(["python", "study/gpu_finalists.py", "--out", "OUT", "--group", args.group,
                                   "--only", name])
-            _append_row(args.out / "results.csv", {
+            append(results=args.out / "results.csv", row={
                 "name": name, "group": args.group, "command": command, "wall_s": f"{record['wall_s']:.0f}",
                 **{k: (f"{record['metrics'][k]:.4f}" if isinstance(record["metrics"].get(k), float) else "")
                    for k in METRICS}})
@@ -220,22 +219,6 @@ def _prefix(source: Path, dest: Path, counts: dict[str, int]) -> Path:
     write_prepared(dest, splits=splits, dataset=f"{manifest['dataset']} (prefix)",
                    num_classes=int(manifest["num_classes"]), sources={})
     return dest
-
-
-def _done_names(results_csv: Path) -> set[str]:
-    if not results_csv.exists():
-        return set()
-    with results_csv.open() as f:
-        return {row["name"] for row in csv.DictReader(f)}
-
-
-def _append_row(results_csv: Path, row: dict) -> None:
-    new = not results_csv.exists()
-    with results_csv.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in COLUMNS})
 
 
 def _write_tars(out: Path, work: Path, names: list[str]) -> None:

@@ -30,16 +30,16 @@ METRICS = ("fid", "precision", "recall", "density", "coverage", "class_coverage"
 COLUMNS = ("name", "group", "command", "wall_s", *METRICS)
 
 
-def done_names() -> set[str]:
-    if not RESULTS.exists():
+def done_names(results: Path = RESULTS) -> set[str]:
+    if not results.exists():
         return set()
-    with RESULTS.open() as f:
+    with results.open() as f:
         return {row["name"] for row in csv.DictReader(f)}
 
 
-def append(row: dict) -> None:
-    new = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
+def append(row: dict, results: Path = RESULTS) -> None:
+    new = not results.exists()
+    with results.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         if new:
             writer.writeheader()
