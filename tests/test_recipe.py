@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ganops import augment, losses, runtime
-from ganops.networks import Discriminator, Generator, NetConfig
+from ganops.networks import Discriminator, Generator, NetConfig, ResizeConv
 from ganops.params import TrainParams
 from ganops.training import BN_BATCH, _ema_beta, _ema_update, _recompute_bn_stats
 
@@ -114,6 +114,27 @@ def test_network_variants_have_the_right_shapes_and_layers(g_upsample, d_norm):
     assert hasattr(D.features[0], "parametrizations") == (d_norm == "spectral")
     with pytest.raises(ValueError, match="unknown model.d_norm 'layer'"):
         NetConfig("dcgan", d_norm="layer")
+
+
+@pytest.mark.parametrize("c_in,c_out,bias", [(5, 3, True), (4, 1, False)])
+def test_resize_conv_at_low_resolution_equals_upsample_then_conv(c_in, c_out, bias):
+    torch.manual_seed(0)
+    layer = ResizeConv(torch.nn.Upsample(scale_factor=2, mode="nearest"),
+                       torch.nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias))
+    plain = torch.nn.Sequential(*layer)  # the same modules, computed the textbook way
+    x = torch.randn(3, c_in, 7, 6, dtype=torch.float64, requires_grad=True)
+    layer.double()
+    out = layer(x)
+    expected = plain(x)
+    assert out.shape == (3, c_out, 14, 12)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-12)
+    # Gradients reach the 3x3 kernel (and the input) as through the plain layers.
+    grads = torch.autograd.grad(out.square().sum(), [x, layer[1].weight])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, layer[1].weight])
+    for g, e in zip(grads, expected_grads):
+        assert torch.allclose(g, e, rtol=0, atol=1e-10)
+    # Same state-dict keys as nn.Sequential(Upsample, Conv2d): earlier generator.pt files load.
+    assert set(layer.state_dict()) == set(plain.state_dict()) == {"1.weight", *(["1.bias"] if bias else [])}
 
 
 def test_r1_is_the_squared_input_gradient_norm():

@@ -51,7 +51,34 @@ def _upsample(kind: str, c_in: int, c_out: int, *, bias: bool) -> nn.Module:
     a 4x4 kernel at stride 2 overlaps unevenly, which draws the checkerboard; a resize cannot)."""
     if kind == "transposed":
         return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias))
+    return ResizeConv(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias))
+
+
+def fold_resize_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 kernel [C_out, C_in, 3, 3] applied after a nearest x2 upsample, as four 3x3 kernels at
+    the low resolution [C_out * 4, C_in, 3, 3], one per output phase (row parity a, column parity b),
+    ordered for pixel_shuffle. Output row 2i+a sees input rows i-1, i, i (a=0) or i, i, i+1 (a=1),
+    so each phase sums two of the kernel's rows into one and leaves a zero row; likewise columns."""
+    def phases(w: torch.Tensor, dim: int) -> torch.Tensor:  # [..., 3 at dim, ...] -> [2, ..., 3, ...]
+        w0, w1, w2 = w.unbind(dim)
+        zero = torch.zeros_like(w0)
+        return torch.stack([torch.stack([w0, w1 + w2, zero], dim), torch.stack([zero, w0 + w1, w2], dim)])
+    rows = phases(weight, 2)  # [2(a), C_out, C_in, 3, 3]
+    both = phases(rows, 4)  # [2(b), 2(a), C_out, C_in, 3, 3]
+    return both.permute(2, 1, 0, 3, 4, 5).reshape(-1, weight.shape[1], 3, 3)
+
+
+class ResizeConv(nn.Sequential):
+    """Nearest x2 upsample then a 3x3 conv, computed at the low resolution: the folded kernel
+    (fold_resize_kernel) and pixel_shuffle give the same output up to float rounding, without the
+    4x larger upsampled tensor. Measured on this CPU (batch 500, bf16, forward + backward): 64 -> 1
+    channels at 14 -> 28 px 683 -> 48 ms, 128 -> 64 at 7 -> 14 px 473 -> 228 ms. The children stay
+    (Upsample, Conv2d), so the state dict is that of the plain nn.Sequential."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self[1]
+        bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
+        return nn.functional.pixel_shuffle(nn.functional.conv2d(x, fold_resize_kernel(conv.weight), bias, padding=1), 2)
 
 
 # In both nets activations run in place (~10% more img/s on the CPU): no layer here needs its output
