@@ -191,7 +191,8 @@ def _check_output(repo, command: str, stdout: str) -> None:
     """What a few README commands promise, checked on their real output."""
     command = command.removeprefix(".venv/bin/")
     if command.startswith("dvc dag"):
-        for stage in ("download", "prepare", "classifier", "reference", "train", "evaluate", "export"):
+        for stage in ("download", "prepare", "classifier", "reference", "inception_reference", "train",
+                      "evaluate", "export"):
             assert stage in stdout, (stage, stdout)
     elif command == "dvc repro":  # after `make repro`: nothing changed
         assert "Running stage" not in stdout, stdout
