@@ -11,16 +11,17 @@ from ganops.tracking import TrackingError
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 5:
-        print("usage: python stages/evaluate.py MODEL_DIR CLASSIFIER_DIR REFERENCE_DIR MLFLOW_RUN_JSON "
-              "OUT_DIR", file=sys.stderr)
+    if len(argv) != 6:
+        print("usage: python stages/evaluate.py MODEL_DIR CLASSIFIER_DIR REFERENCE_DIR "
+              "INCEPTION_REFERENCE_DIR MLFLOW_RUN_JSON OUT_DIR", file=sys.stderr)
         return 2
-    model_dir, classifier_dir, reference_dir, run_file, out_dir = (Path(a) for a in argv)
+    model_dir, classifier_dir, reference_dir, inception_reference_dir, run_file, out_dir = (Path(a) for a in argv)
     start = time.perf_counter()
     try:
         p = params.load("params.yaml").evaluate
         r = evaluate(model_dir=model_dir, classifier_dir=classifier_dir, reference_dir=reference_dir,
-                     run_id_path=run_file, out_dir=out_dir, params=p)
+                     inception_reference_dir=inception_reference_dir, run_id_path=run_file,
+                     out_dir=out_dir, params=p)
     except QualityGateError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 1

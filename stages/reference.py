@@ -5,7 +5,6 @@ import sys
 import time
 from pathlib import Path
 
-from ganops import params
 from ganops.evaluation import build_reference
 
 
@@ -16,17 +15,12 @@ def main(argv: list[str]) -> int:
     prepared_dir, classifier_dir, out_dir = (Path(a) for a in argv)
     start = time.perf_counter()
     try:
-        p = params.load("params.yaml").evaluate
-        meta = build_reference(
-            prepared_dir=prepared_dir, classifier_dir=classifier_dir, out_dir=out_dir,
-            inception=p.inception, inception_weights=p.inception_weights,
-        )
-    except (params.ParamsError, ValueError, FileNotFoundError) as e:
+        meta = build_reference(prepared_dir=prepared_dir, classifier_dir=classifier_dir, out_dir=out_dir)
+    except (ValueError, FileNotFoundError) as e:
         print(f"reference failed: {e}", file=sys.stderr)
         return 1
-    inception = ", with Inception statistics" if meta["inception_weights_sha256"] else ""
     print(f"reference: wrote {out_dir} ({meta['num_test']} test + {meta['num_test']} train images in "
-          f"{meta['feature_extractor_version']}{inception}) in {time.perf_counter() - start:.1f}s")
+          f"{meta['feature_extractor_version']}) in {time.perf_counter() - start:.1f}s")
     return 0
 
 

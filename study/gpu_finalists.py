@@ -6,7 +6,8 @@
 
 Each configuration is params.yaml plus its `section.key=value` overrides (what `dvc exp run -S` takes;
 the values are YAML), trained with ganops.training.train and scored with ganops.evaluation.evaluate
-with evaluate.inception on, against a reference with Inception statistics built once. Inputs are the
+with evaluate.inception on, against the test set's Inception statistics built once
+(ganops.inception_reference, as the inception_reference stage makes them). Inputs are the
 pipeline's data/prepared and models/classifier; where absent they are made in the work directory as
 the download (trying each --mirror first), prepare and classifier stages would. Everything but the
 results goes to --work (default: a new temp dir), MLflow store included.
@@ -42,8 +43,9 @@ from ganops import metrics, params
 from ganops.classifier import train_classifier
 from ganops.datasets import fetch
 from ganops.evaluation import build_reference, evaluate
-from ganops.fileio import write_json
+from ganops.fileio import sha256_file, write_json
 from ganops.idx import prepare
+from ganops.inception_reference import INCEPTION_REFERENCE_JSON, build_inception_reference
 from ganops.prepared import load_manifest, load_split, write_prepared
 from ganops.training import train
 from run import COLUMNS, METRICS, append, done_names  # study/run.py, beside this file: study/results.csv's columns
@@ -118,11 +120,17 @@ def main() -> int:
     print(f"gpu_finalists: {len(configs)} configuration(s) of '{args.group}', work dir {work}", file=sys.stderr)
     prepared, classifier, inputs = _inputs(args, base, work)
     reference = work / "reference"
-    if not (reference / "reference.json").exists() or (
-            inception and json.loads((reference / "reference.json").read_text())["inception_weights_sha256"] is None):
-        build_reference(prepared_dir=prepared, classifier_dir=classifier, out_dir=reference,
-                        inception=inception, inception_weights=weights)
+    if not (reference / "reference.json").exists():
+        build_reference(prepared_dir=prepared, classifier_dir=classifier, out_dir=reference)
     inputs["reference"] = json.loads((reference / "reference.json").read_text())
+    inception_reference = work / "inception_reference"
+    inception_json = inception_reference / INCEPTION_REFERENCE_JSON
+    # Built again when missing, or when Inception is on and it lacks statistics of these weights.
+    if not inception_json.exists() or (
+            inception and json.loads(inception_json.read_text())["inception_weights_sha256"] != sha256_file(weights)):
+        build_inception_reference(prepared_dir=prepared, out_dir=inception_reference, inception=inception,
+                                  inception_weights=weights)
+    inputs["inception_reference"] = json.loads(inception_json.read_text())
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {"group": args.group, "dry_run": args.dry_run, "inception": inception, "inputs": inputs, "runs": {}}
@@ -141,7 +149,7 @@ def main() -> int:
         start = time.perf_counter()
         try:
             record.update(_run_one(p, run_dir=work / name, prepared=prepared, classifier=classifier,
-                                   reference=reference))
+                                   reference=reference, inception_reference=inception_reference))
         except Exception as e:  # the next configuration still runs
             record.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=-4))
             failed.append(name)
@@ -167,15 +175,16 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def _run_one(p: params.Params, *, run_dir: Path, prepared: Path, classifier: Path, reference: Path) -> dict:
+def _run_one(p: params.Params, *, run_dir: Path, prepared: Path, classifier: Path, reference: Path,
+             inception_reference: Path) -> dict:
     start = time.perf_counter()
     s = train(params=p, prepared_dir=prepared, classifier_dir=classifier, reference_dir=reference,
               model_dir=run_dir / "gan", checkpoint_dir=run_dir / "checkpoints", report_dir=run_dir / "train")
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     results = evaluate(model_dir=run_dir / "gan", classifier_dir=classifier, reference_dir=reference,
-                       run_id_path=run_dir / "train" / "mlflow_run.json", out_dir=run_dir / "evaluate",
-                       params=p.evaluate)
+                       inception_reference_dir=inception_reference, run_id_path=run_dir / "train" / "mlflow_run.json",
+                       out_dir=run_dir / "evaluate", params=p.evaluate)
     return {
         "train": {k: s[k] for k in ("steps", "epochs", "resumed_at", "img_per_s", "device", "world_size",
                                     "precision", "fid_curve", "run_id")},

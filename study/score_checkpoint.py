@@ -2,11 +2,14 @@
 domain fid, outside the pipeline: for a run that cannot finish (e.g. a session ending mid-run).
 
     python study/score_checkpoint.py CHECKPOINT --set model.d_norm=batch model.g_upsample=resize \
-        [--reference data/reference] [--classifier models/classifier] [--samples 10000]
+        [--reference data/reference] [--inception-reference data/inception_reference] \
+        [--classifier models/classifier] [--samples 10000]
 
 The model params (--set, as in `dvc exp run -S`) must be those it was trained with. Prints one
 JSON line: step, epochs, fid (domain, 10k), fid_inception. Batch-norm statistics are recomputed
 for the EMA weights on the training loop's fixed latents first, as the loop does at epoch ends.
+The Inception statistics come from the inception_reference stage, made with evaluate.inception: true
+and the evaluate.inception_weights of params.yaml (or --set).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from ganops import metrics as m
 from ganops import params as params_mod
 from ganops.classifier import extract, load_classifier
 from ganops.evaluation import generate
+from ganops.inception_reference import load_inception_reference
 from ganops.networks import Generator, NetConfig
 from ganops.sampling import latents
 from ganops.training import BN_SEEDS, _recompute_bn_stats
@@ -33,6 +37,7 @@ def main() -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("--set", nargs="*", default=[], help="section.key=value overrides of params.yaml")
     ap.add_argument("--reference", default="data/reference")
+    ap.add_argument("--inception-reference", default="data/inception_reference")
     ap.add_argument("--classifier", default="models/classifier")
     ap.add_argument("--samples", type=int, default=10000)
     ap.add_argument("--steps-per-epoch", type=int, default=468)
@@ -44,6 +49,11 @@ def main() -> int:
         raw.setdefault(section, {})[name] = yaml.safe_load(value)
     p = params_mod.parse(raw)
     mp, ep = p.model, p.evaluate
+    ref = Path(args.reference)
+    # Checked before the long work: statistics present, of the configured weights and the same data.
+    inception_ref = load_inception_reference(
+        args.inception_reference, inception_weights=ep.inception_weights,
+        data_manifest_sha256=json.loads((ref / "reference.json").read_text())["data_manifest_sha256"])
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     G = Generator(NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, 10,
                             g_upsample=mp.g_upsample, d_norm=mp.d_norm))
@@ -54,16 +64,14 @@ def main() -> int:
     images, labels = generate(G, num_samples=args.samples, seed=ep.seed, batch_size=ep.batch_size)
     classifier, _ = load_classifier(args.classifier)
     feats, predicted = extract(classifier, images, batch_size=ep.batch_size)
-    ref = Path(args.reference)
     out = {"checkpoint": args.checkpoint, "step": state["step"], "epochs": state["step"] / args.steps_per_epoch,
            "fid": m.frechet_distance(*m.gaussian_stats(feats), np.load(ref / "test_mu.npy"),
                                      np.load(ref / "test_sigma.npy"))}
     if labels is not None:
         out["class_accuracy"] = float((predicted == labels).mean())
-    inception = m.InceptionPool3(m.inception_weights_path(ep.inception_weights))
+    inception = m.InceptionPool3(inception_ref.weights)
     mu, sigma = m.gaussian_stats(inception.features(images))
-    out["fid_inception"] = m.frechet_distance(mu, sigma, np.load(ref / "inception_test_mu.npy"),
-                                              np.load(ref / "inception_test_sigma.npy"))
+    out["fid_inception"] = m.frechet_distance(mu, sigma, inception_ref.test_mu, inception_ref.test_sigma)
     print(json.dumps(out))
     return 0
 

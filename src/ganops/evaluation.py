@@ -1,4 +1,5 @@
-"""The reference and evaluate stages: generated vs real images in the classifier's feature space.
+"""The reference and evaluate stages: generated vs real images in the classifier's feature space
+(and, with evaluate.inception, in Inception's: data/inception_reference, see inception_reference.py).
 
     data/reference/                    (reference stage; a DVC output)
       reference.json                   test class histogram, sizes, feature_extractor_version, ...
@@ -6,7 +7,6 @@
       test_mu.npy, test_sigma.npy      float64 mean [D] and covariance [D, D] of them (FID)
       train_features.npy               float32 [N, D] a random same-size sample of the train split
       train_labels.npy, train_predicted.npy   int64 [N] its labels and the classifier's predictions
-      inception_test_mu.npy, inception_test_sigma.npy   pool3 statistics (evaluate.inception only)
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from tqdm import tqdm
 from ganops import metrics as m
 from ganops.plots import class_histogram_png
 from ganops.classifier import extract, load_classifier
-from ganops.fileio import atomic_dir, sha256_file, write_bytes, write_json
+from ganops.fileio import atomic_dir, write_bytes, write_json
+from ganops.inception_reference import load_inception_reference
 from ganops.networks import Generator, load_generator
 from ganops.params import EvaluateParams
 from ganops.prepared import load_manifest, load_split, manifest_hash
@@ -45,8 +46,6 @@ def build_reference(
     prepared_dir: str | Path,
     classifier_dir: str | Path,
     out_dir: str | Path,
-    inception: bool,
-    inception_weights: str = "",
     batch_size: int = 1000,
 ) -> dict:
     """Write the real-data statistics that evaluate compares against (layout in the module doc)."""
@@ -80,17 +79,11 @@ def build_reference(
         "train_sample_seed": TRAIN_SAMPLE_SEED,
         "data_manifest_sha256": manifest_hash(prepared_dir),
         "feature_extractor_version": cmeta["feature_extractor_version"],
-        "inception_weights_sha256": None,
     }
     arrays = {
         "test_features": test_f, "test_mu": mu, "test_sigma": sigma,
         "train_features": train_f, "train_labels": train_y[pick], "train_predicted": train_pred,
     }
-    if inception:
-        path = m.inception_weights_path(inception_weights)
-        feats = m.InceptionPool3(path).features(test_x, desc="reference: inception")
-        arrays["inception_test_mu"], arrays["inception_test_sigma"] = m.gaussian_stats(feats)
-        meta["inception_weights_sha256"] = sha256_file(path)
     with atomic_dir(out_dir) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
@@ -192,12 +185,14 @@ def evaluate(
     model_dir: str | Path,
     classifier_dir: str | Path,
     reference_dir: str | Path,
+    inception_reference_dir: str | Path,
     run_id_path: str | Path,
     out_dir: str | Path,
     params: EvaluateParams,
 ) -> dict[str, float]:
     """Score the generator in `model_dir`, write `out_dir`/{metrics.json, details.json, samples.png,
     class_histogram.png}, log the metrics into the training MLflow run, then apply the quality gate.
+    `inception_reference_dir` is read only when params.inception (fid_inception).
 
     When the store lacks the training run, the metrics go to a new run tagged with its id
     (Tracker.for_stage). Returns the metrics; raises QualityGateError (after writing and logging)
@@ -225,20 +220,13 @@ def evaluate(
             f"the generator in {model_dir} has {generator.cfg.num_classes} classes, the data "
             f"{num_classes}: retrain it on this data (dvc repro train)"
         )
-    inception = None
+    inception = inception_real = None
     if params.inception:
-        inception_path = m.inception_weights_path(params.inception_weights)
-        if "inception_test_mu" not in {p.stem for p in Path(reference_dir).glob("*.npy")}:
-            raise ValueError(
-                f"{reference_dir} has no Inception statistics: rerun the reference stage with "
-                "evaluate.inception: true (dvc repro reference)"
-            )
-        if real.meta["inception_weights_sha256"] != sha256_file(inception_path):
-            raise ValueError(
-                f"{reference_dir} was computed with other Inception weights than {inception_path}: "
-                "rerun the reference stage (dvc repro -f reference)"
-            )
-        inception = m.InceptionPool3(inception_path)
+        inception_real = load_inception_reference(
+            inception_reference_dir, inception_weights=params.inception_weights,
+            data_manifest_sha256=real.meta["data_manifest_sha256"],
+        )
+        inception = m.InceptionPool3(inception_real.weights)
 
     images, labels = generate(
         generator, num_samples=params.num_samples, seed=params.seed, batch_size=params.batch_size
@@ -258,10 +246,8 @@ def evaluate(
     results.update({f"{k}_real": v for k, v in floor.items()})
     if inception is not None:
         mu, sigma = m.gaussian_stats(inception.features(images, desc="inception"))
-        ref_dir = Path(reference_dir)
         results["fid_inception"] = m.frechet_distance(
-            mu, sigma,
-            np.load(ref_dir / "inception_test_mu.npy"), np.load(ref_dir / "inception_test_sigma.npy"),
+            mu, sigma, inception_real.test_mu, inception_real.test_sigma
         )
 
     classes = real.meta.get("classes") or [str(k) for k in range(num_classes)]
@@ -278,7 +264,8 @@ def evaluate(
         "seeds": [params.seed, params.seed + params.num_samples - 1],
         "params": asdict(params),
         "generator_lineage": gmeta.get("lineage", {}),
-        "inception_weights_sha256": real.meta["inception_weights_sha256"] if inception else None,
+        "inception_weights_sha256": (
+            inception_real.meta["inception_weights_sha256"] if inception_real is not None else None),
     })
     write_bytes(out_dir / "samples.png", png_bytes(sample_grid))
     real_hist = np.asarray(real.meta["class_histogram"])
