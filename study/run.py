@@ -3,6 +3,7 @@
     python study/run.py screen              # every configuration of study/configs.yaml's `screen`
     python study/run.py final --jobs 2      # through `dvc exp run --queue`, two at a time
     python study/run.py final --only cond20-s0
+    python study/run.py final --workspace   # in order in the workspace: 20 epochs resume the 5-epoch run
 
 Each finished experiment appends a row to study/results.csv (its name, the exact command, wall
 time, and the evaluate metrics), so an interrupted study continues where it stopped: a name that
@@ -69,10 +70,12 @@ def _row(name: str, group: str, cmd: list[str], wall: float) -> dict:
             **{k: (f"{metrics[k]:.4f}" if isinstance(metrics.get(k), float) else "") for k in METRICS}}
 
 
-def run_one_by_one(todo: dict, group: str) -> None:
-    """`dvc exp run --temp` per configuration: the whole machine for each, in turn."""
+def run_one_by_one(todo: dict, group: str, *, workspace: bool = False) -> None:
+    """`dvc exp run --temp` per configuration: the whole machine for each, in turn. workspace=True:
+    in the workspace instead, one after another on top of each other's results, so a run with more
+    train.epochs resumes the checkpoint the previous one left in models/checkpoints."""
     for name, overrides in todo.items():
-        cmd = ["dvc", "exp", "run", "--temp", "-n", name, *_overrides(overrides)]
+        cmd = ["dvc", "exp", "run", *([] if workspace else ["--temp"]), "-n", name, *_overrides(overrides)]
         print(f"study: {name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
         start = time.perf_counter()
         if subprocess.run(cmd).returncode != 0:
@@ -120,6 +123,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="experiments at a time (> 1: through the queue)")
     parser.add_argument("--no-start", action="store_true", help="with --jobs: the queue's workers already run")
     parser.add_argument("--collect", action="store_true", help="with --jobs: only record experiments queued before")
+    parser.add_argument("--workspace", action="store_true",
+                        help="run in the workspace, in order: more train.epochs resumes the last checkpoint")
     args = parser.parse_args()
     configs = yaml.safe_load((HERE / "configs.yaml").read_text())[args.group]
     done = done_names()
@@ -128,7 +133,7 @@ def main() -> int:
         run_queued(todo, args.group, args.jobs, start=not (args.no_start or args.collect),
                    queue=not args.collect)
     else:
-        run_one_by_one(todo, args.group)
+        run_one_by_one(todo, args.group, workspace=args.workspace)
     return 0
 
 
