@@ -56,7 +56,7 @@ def test_params_hash_covers_the_sections_that_shape_the_model_and_only_them():
     for section, change in elsewhere.items():
         assert params_hash(parse({section: change})) == base, section
     shaping = {"data": {"dataset": "mnist"}, "prepare": {"subset": 100}, "model": {"width": 32},
-               "train": {"lr_g": 1e-3}}
+               "train": {"lr_g": 5e-4}}  # not the default (1e-3)
     hashes = {section: params_hash(parse({section: change})) for section, change in shaping.items()}
     assert base not in hashes.values() and len(set(hashes.values())) == len(shaping)
     # Another choice of sections is another hash; a section that does not exist is an error.
