@@ -10,7 +10,8 @@ import torch
 from ganops import augment, losses, runtime
 from ganops.networks import Discriminator, Generator, NetConfig, ResizeConv
 from ganops.params import TrainParams
-from ganops.training import BN_BATCH, _ema_beta, _ema_update, _recompute_bn_stats
+from ganops.schedules import ema_beta, lr_scale
+from ganops.training import BN_BATCH, _ema_update, _recompute_bn_stats
 
 
 def _images(b: int = 6) -> torch.Tensor:
@@ -58,12 +59,22 @@ def test_no_policy_is_the_identity_and_unknown_policies_are_refused():
 def test_ema_half_life_is_ema_kimg_thousand_images_after_the_ramp_up():
     tp = TrainParams(ema_kimg=10.0, ema_rampup=0.05)
     # Late in training: beta ** (10,000 / 128 steps) is one half.
-    beta = _ema_beta(tp, step=100_000, batch=128)
+    beta = ema_beta(tp, step=100_000, batch=128)
     assert beta ** (10_000 / 128) == pytest.approx(0.5)
     # Early on, the half-life is 5% of the images seen: after 1,000 steps, 6,400 images.
-    early = _ema_beta(tp, step=999, batch=128)
+    early = ema_beta(tp, step=999, batch=128)
     assert early ** (6_400 / 128) == pytest.approx(0.5)
-    assert _ema_beta(dataclasses.replace(tp, ema_kimg=0.0), step=5, batch=128) == 0.0  # EMA off: G itself
+    assert ema_beta(dataclasses.replace(tp, ema_kimg=0.0), step=5, batch=128) == 0.0  # EMA off: G itself
+
+
+def test_lr_ramp_down_is_linear_to_zero_over_the_last_fraction_of_the_run():
+    tp = TrainParams(lr_rampdown=0.5)
+    # 10 steps, the last 5 ramped: each step takes the lr of its midpoint.
+    assert [lr_scale(tp, step=s, total=10) for s in range(10)] == pytest.approx(
+        [1, 1, 1, 1, 1, 0.9, 0.7, 0.5, 0.3, 0.1])
+    assert [lr_scale(TrainParams(lr_rampdown=1.0), step=s, total=4) for s in range(4)] == pytest.approx(
+        [0.875, 0.625, 0.375, 0.125])
+    assert {lr_scale(TrainParams(), step=s, total=10) for s in range(10)} == {1.0}  # 0: constant
 
 
 def test_ema_update_averages_parameters_and_copies_bn_statistics_only_when_asked():

@@ -302,6 +302,19 @@ def test_a_run_extended_from_its_checkpoint_equals_one_trained_that_long(tmp_pat
         _train(tmp_path / "ext", tiny_prepared, _params(epochs=2))
 
 
+def test_lr_rampdown_ends_near_zero_and_a_longer_run_starts_over(tmp_path, tiny_prepared, tracking_env):
+    # 24 steps, the last half ramped: the final step's lr is lr_g * 0.5 / 12 (its midpoint's).
+    first = _train(tmp_path, tiny_prepared, _params(epochs=2, lr_rampdown=0.5, lr_g=1e-3, lr_d=2e-3))
+    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5 / 12)
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(2e-3 * 0.5 / 12)
+    # The ramp depends on the run's length: 3 epochs is another schedule, trained from scratch.
+    longer = _train(tmp_path, tiny_prepared, _params(epochs=3, lr_rampdown=0.5, lr_g=1e-3, lr_d=2e-3))
+    assert longer["resumed_at"] == 0 and longer["run_id"] != first["run_id"]
+    with pytest.raises(ValueError, match=r"train.lr_rampdown is a fraction of the run, in \[0, 1\]"):
+        _train(tmp_path / "bad", tiny_prepared, _params(lr_rampdown=1.5))
+
+
 @pytest.mark.parametrize("model,train_keys", [
     ({"d_norm": "batch", "g_upsample": "resize"}, {"augment": ["translation", "cutout"]}),
     ({"d_norm": "spectral", "conditional": True}, {"loss": "hinge", "betas_g": [0.0, 0.9], "ema_bn": "copy"}),

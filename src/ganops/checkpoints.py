@@ -18,18 +18,23 @@ from ganops.prepared import manifest_hash
 
 CHECKPOINT_NAME = "last.pt"
 # The code whose change makes an old checkpoint a different run (besides params and data).
-SOURCES = ("training.py", "losses.py", "networks.py", "augment.py", "checkpoints.py", "runtime.py")
+SOURCES = ("training.py", "schedules.py", "losses.py", "networks.py", "augment.py", "checkpoints.py",
+           "runtime.py")
 # Train params that only say how long to run or how often to log and save: a longer run continues
 # a shorter one exactly, because the data order depends on (seed, epoch) only and no schedule reads
 # the total. A schedule that needs the total (e.g. a decay to zero at the last step) must not be here.
 EXTENSIBLE = ("epochs", "max_steps", "log_every", "checkpoint_every", "device")
 
 
-def config_hash(model: ModelParams, train: TrainParams, prepared_dir: Path, world: int) -> str:
+def config_hash(model: ModelParams, train: TrainParams, prepared_dir: Path, world: int, *,
+                total_steps: int) -> str:
     """Equal for runs that one checkpoint can continue: model + train params (less EXTENSIBLE),
-    the data, the code and the world size."""
+    the data, the code and the world size. With train.lr_rampdown the learning rate depends on the
+    run's length, so a longer run is another run: its total steps join the hash."""
     here = Path(__file__).parent
     train_fields = {k: v for k, v in asdict(train).items() if k not in EXTENSIBLE}
+    if train.lr_rampdown > 0:
+        train_fields["total_steps"] = total_steps
     blob = json.dumps({
         "model": asdict(model), "train": train_fields,
         "data": manifest_hash(prepared_dir), "world_size": world,

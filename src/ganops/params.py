@@ -53,6 +53,7 @@ class TrainParams:
     lr_d: float = 1e-3
     betas_g: tuple[float, ...] = (0.5, 0.999)  # Adam (beta1, beta2) of G
     betas_d: tuple[float, ...] = (0.5, 0.999)  # Adam (beta1, beta2) of D
+    lr_rampdown: float = 0.0  # both lrs fall linearly to 0 over this last fraction of the run; 0 = constant
     d_steps: int = 1  # discriminator steps per generator step
     gp_weight: float = 10.0  # wgan_gp only
     r1_gamma: float = 0.0  # R1 penalty gamma/2 * |grad D(real)|^2 (Mescheder et al. 2018); 0 = off

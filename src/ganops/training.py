@@ -14,7 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ganops import checkpoints, losses, plots, quality, runtime, sampling, tracking
+from ganops import checkpoints, losses, plots, quality, runtime, sampling, schedules, tracking
 from ganops.augment import check_policies, diff_augment
 from ganops.fileio import atomic_dir, write_bytes
 from ganops.networks import Discriminator, Generator, NetConfig, save_generator
@@ -92,7 +92,7 @@ def train(
         scaler_g, scaler_d = runtime.grad_scaler(precision, device), runtime.grad_scaler(precision, device)
         checkpoints.seed_all(tp.seed + rank)
 
-        config_hash = checkpoints.config_hash(mp, tp, prepared_dir, world)
+        config_hash = checkpoints.config_hash(mp, tp, prepared_dir, world, total_steps=total)
         ckpt_path = checkpoint_dir / checkpoints.CHECKPOINT_NAME
         state = checkpoints.load(ckpt_path, config_hash, rank=rank, world=world)
         if state is not None:
@@ -136,6 +136,11 @@ def train(
                     order, order_epoch = _epoch_order(tp.seed, epoch, n, rank, world, device), epoch
                     bar.set_description(f"epoch {epoch + 1}/{tp.epochs}")
 
+                scale = schedules.lr_scale(tp, step=step, total=total)
+                for opt, lr in ((opt_g, tp.lr_g), (opt_d, tp.lr_d)):
+                    for group in opt.param_groups:
+                        group["lr"] = lr * scale
+
                 # Discriminator step(s); the last one's fakes are reused by the generator step.
                 for k in range(tp.d_steps):
                     idx = order[(i * tp.d_steps + k) * batch : (i * tp.d_steps + k + 1) * batch]
@@ -162,7 +167,7 @@ def train(
                 scaler_g.update()
                 D.requires_grad_(True)
 
-                _ema_update(G_ema, G, _ema_beta(tp, step=step, batch=batch * world),
+                _ema_update(G_ema, G, schedules.ema_beta(tp, step=step, batch=batch * world),
                             copy_bn=tp.ema_bn == "copy")
 
                 # Logging: window sums stay on the device; one sync per log. Every epoch's end closes
@@ -251,6 +256,8 @@ def _check(tp) -> None:
     for key in ("ema_kimg", "ema_rampup", "r1_gamma"):
         if getattr(tp, key) < 0:
             raise ValueError(f"train.{key} must be >= 0, got {getattr(tp, key)}")
+    if not 0.0 <= tp.lr_rampdown <= 1.0:
+        raise ValueError(f"train.lr_rampdown is a fraction of the run, in [0, 1], got {tp.lr_rampdown}")
     for key in ("betas_g", "betas_d"):
         betas = getattr(tp, key)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -315,16 +322,6 @@ def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
     if not grads:
         return torch.zeros((), device=next(module.parameters()).device)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-
-
-def _ema_beta(tp, *, step: int, batch: int) -> float:
-    """The weight of the old average after G step `step` (stylegan2-ada's ema_kimg / ema_rampup): a
-    half-life of train.ema_kimg thousand images, early on at most ema_rampup x the images seen, so the
-    random initial weights fade out of short runs too. 0 (EMA G = G) when ema_kimg is 0."""
-    ema_nimg = tp.ema_kimg * 1000
-    if tp.ema_rampup > 0:
-        ema_nimg = min(ema_nimg, (step + 1) * batch * tp.ema_rampup)
-    return 0.5 ** (batch / ema_nimg) if ema_nimg > 0 else 0.0
 
 
 @torch.no_grad()
