@@ -1,6 +1,10 @@
 """The metric maths on cases with known answers, and the Inception path with the shipped weights."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -125,12 +129,39 @@ def test_inception_features_follow_the_fid_helper_protocol():
     # arithmetic, only another thread count's summation order).
     split = m.InceptionPool3(path, device="cpu", processes=2).features(images, batch_size=2)
     np.testing.assert_allclose(split, ours, rtol=1e-5, atol=1e-5)
+    # Workers that keep freed memory compute exactly what glibc's default allocator gives.
+    plain = m.InceptionPool3(path, device="cpu", processes=2, reuse_memory=False)
+    assert np.array_equal(plain.features(images, batch_size=2), split)
 
     helper = fid_helper.FidHelper(str(path), device="cpu")  # defaults: TF input range, nv_bilinear
     tiled = torch.from_numpy(images).unsqueeze(1).expand(-1, 3, -1, -1).float()
     theirs = helper.extract_feats(tiled, data_range=(0, 255), resize_hw=(299, 299),
                                   resample_mode="nv_bilinear_float")
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_inception_workers_reuse_freed_memory_instead_of_page_faulting_it_again():
+    # 128 MB tensors, freed and allocated again: glibc mmaps each afresh (a fault per 4 KB page,
+    # 32,768 each) unless freed memory is kept, as Inception's workers do. The first few grow the
+    # heap (torch's aligned blocks do not fit the freed ones at once); after that none faults.
+    probe = textwrap.dedent("""
+        import resource, sys, torch
+        from ganops.metrics import _reuse_freed_memory
+        if sys.argv[1] == "reuse":
+            _reuse_freed_memory()
+        for _ in range(8):
+            torch.ones(2**25)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(4):
+            torch.ones(2**25)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    faults = {mode: int(subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("default", "reuse")}
+    if faults["default"] < 4 * 30_000:
+        pytest.skip(f"this libc reuses large blocks by itself ({faults['default']} faults)")
+    assert faults["reuse"] < 1_000, faults
 
 
 def test_inception_on_cuda_matches_cpu():
