@@ -1,10 +1,11 @@
 """The real floor of Inception FID: FID(train[:N], test) with the pipeline's Inception path and the
 test statistics of the inception_reference stage (made with evaluate.inception: true).
 
-    python study/inception_floor.py [--inception-reference data/inception_reference] \
-        [--prepared data/prepared] [--num 10000]
+    python study/inception_floor.py --out study/inception_floor.json
+    python study/inception_floor.py --inception-reference DIR --prepared DIR --num 10000
 
-Prints one JSON line: num, fid_inception_real, seconds. Lucic et al.'s protocol compares 10k
+Prints one JSON line: num, fid_inception_real, seconds; --out also writes it there, where
+study/table.py reads the floor for the README table. Lucic et al.'s protocol compares 10k
 generated images with the 10k test images; 10k real training images in their place is the floor
 a perfect generator would reach.
 """
@@ -14,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from ganops import metrics as m
 from ganops.inception_reference import load_inception_reference
@@ -25,6 +27,7 @@ def main() -> int:
     parser.add_argument("--inception-reference", default="data/inception_reference")
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--num", type=int, default=10_000)
+    parser.add_argument("--out", default="", help="also write the JSON line to this file")
     args = parser.parse_args()
     if args.num < 2:
         parser.error(f"--num must be at least 2 (a covariance needs two images), got {args.num}")
@@ -33,7 +36,12 @@ def main() -> int:
     start = time.perf_counter()
     feats = m.InceptionPool3(ref.weights).features(train[: args.num], desc="train")
     fid = m.frechet_distance(*m.gaussian_stats(feats), ref.test_mu, ref.test_sigma)
-    print(json.dumps({"num": len(feats), "fid_inception_real": fid, "seconds": round(time.perf_counter() - start)}))
+    line = json.dumps({"num": len(feats), "fid_inception_real": fid, "seconds": round(time.perf_counter() - start)})
+    print(line)
+    if args.out:
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(line + "\n")
+        tmp.replace(args.out)
     return 0
 
 
