@@ -4,7 +4,7 @@ test statistics of the inception_reference stage (made with evaluate.inception: 
     python study/inception_floor.py --out study/inception_floor.json
     python study/inception_floor.py --inception-reference DIR --prepared DIR --num 10000
 
-Prints one JSON line: num, fid_inception_real, seconds; --out also writes it there, where
+Prints one JSON line: num, fid_inception_real, seconds; --out also writes it to that file, where
 study/table.py reads the floor for the README table. Lucic et al.'s protocol compares 10k
 generated images with the 10k test images; 10k real training images in their place is the floor
 a perfect generator would reach.
@@ -15,9 +15,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from ganops import metrics as m
+from ganops.fileio import write_json
 from ganops.inception_reference import load_inception_reference
 from ganops.prepared import load_split, manifest_hash
 
@@ -36,12 +36,10 @@ def main() -> int:
     start = time.perf_counter()
     feats = m.InceptionPool3(ref.weights).features(train[: args.num], desc="train")
     fid = m.frechet_distance(*m.gaussian_stats(feats), ref.test_mu, ref.test_sigma)
-    line = json.dumps({"num": len(feats), "fid_inception_real": fid, "seconds": round(time.perf_counter() - start)})
-    print(line)
+    result = {"num": len(feats), "fid_inception_real": fid, "seconds": round(time.perf_counter() - start)}
+    print(json.dumps(result))
     if args.out:
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(line + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, result)
     return 0
 
 
