@@ -126,7 +126,14 @@ def main() -> int:
     parser.add_argument("--workspace", action="store_true",
                         help="run in the workspace, in order: more train.epochs resumes the last checkpoint")
     args = parser.parse_args()
-    configs = yaml.safe_load((HERE / "configs.yaml").read_text())[args.group]
+    groups = yaml.safe_load((HERE / "configs.yaml").read_text())
+    if args.group not in groups:
+        parser.error(f"no group {args.group!r} in study/configs.yaml; it has: {', '.join(groups)}")
+    configs = groups[args.group]
+    unknown = sorted(set(args.only or ()) - set(configs))
+    if unknown:  # a typo would otherwise run nothing and say nothing
+        parser.error(f"not in group {args.group!r} of study/configs.yaml: {', '.join(unknown)}; "
+                     f"it has: {', '.join(configs)}")
     done = done_names()
     todo = {name: o for name, o in configs.items() if name not in done and (not args.only or name in args.only)}
     if args.jobs > 1:
