@@ -23,12 +23,13 @@ def _table_module():
     return module
 
 
-def _configurations() -> list[tuple[str, str, list[str]]]:
-    groups = yaml.safe_load((STUDY / "configs.yaml").read_text())
-    return [(group, name, overrides) for group, rows in groups.items() for name, overrides in rows.items()]
+# (group, name, overrides) of every row of study/configs.yaml, read once at collection.
+CONFIGURATIONS = [(group, name, overrides)
+                  for group, rows in yaml.safe_load((STUDY / "configs.yaml").read_text()).items()
+                  for name, overrides in rows.items()]
 
 
-@pytest.mark.parametrize("group,name,overrides", _configurations(), ids=[n for _, n, _ in _configurations()])
+@pytest.mark.parametrize("group,name,overrides", [pytest.param(*c, id=c[1]) for c in CONFIGURATIONS])
 def test_every_configuration_is_a_valid_params_override(group, name, overrides):
     """A typo in a key or a value would otherwise fail only when its experiment starts, maybe an
     hour into a study. Values are read as `dvc exp run -S` reads them: as YAML."""
@@ -47,7 +48,7 @@ def test_every_configuration_is_a_valid_params_override(group, name, overrides):
 
 def test_configuration_names_are_unique_across_groups():
     # study/results.csv is keyed by name alone: a repeated name would be skipped as done.
-    names = [name for _, name, _ in _configurations()]
+    names = [name for _, name, _ in CONFIGURATIONS]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
 
 
