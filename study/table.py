@@ -31,7 +31,7 @@ def _num(value: str) -> float | None:
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return "" if value is None else f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits - 1}f}"
+    return "" if value is None else f"{value:#.{digits}g}" if abs(value) < 1 else f"{value:.{digits - 1}f}"
 
 
 def _config(name: str) -> str:

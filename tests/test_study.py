@@ -58,7 +58,7 @@ def test_seeds_are_pooled_into_mean_and_std():
     rows = [{**row, "name": f"final-cond-s{seed}", "fid_inception": value}
             for seed, value in enumerate(("12.0", "13.0", "14.0"))]
     line = next(ln for ln in _table_module().table(rows).splitlines() if ln.startswith("| `final-cond`"))
-    assert line == "| `final-cond` | 20 | 5.00 | 0.7 | 0.7 | 0.8 | 13.0 ± 1.0 (3 seeds) | 10 min |"
+    assert line == "| `final-cond` | 20 | 5.00 | 0.700 | 0.700 | 0.800 | 13.0 ± 1.0 (3 seeds) | 10 min |"
 
 
 def test_readme_table_is_what_table_py_prints():
