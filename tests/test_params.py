@@ -51,6 +51,37 @@ def test_coercions_ints_to_floats_lists_to_tuples_and_optional():
     assert P.parse({"evaluate": {"max_fid": None}}).evaluate.max_fid is None
 
 
+@pytest.mark.parametrize("raw,message", [
+    ({"train": {"loss": "lsgan"}}, r"unknown train\.loss 'lsgan' in params\.yaml: choose one of minimax, "
+                                   r"non_saturating, hinge, wgan_gp"),
+    ({"train": {"ema_bn": "x"}}, r"unknown train\.ema_bn 'x'"),
+    ({"train": {"device": "tpu"}}, r"unknown train\.device 'tpu'"),
+    ({"train": {"precision": "int8"}}, r"unknown train\.precision 'int8'"),
+    ({"train": {"augment": ["flip"]}}, r"unknown train\.augment policy 'flip'"),
+    ({"train": {"augment": ["cutout", "cutout"]}}, r"train\.augment lists a policy twice"),
+    ({"train": {"betas_d": [0.5]}}, r"train\.betas_d must be \[beta1, beta2\]"),
+    ({"train": {"batch_size": 0}}, r"train\.batch_size must be >= 1"),
+    ({"train": {"lr_g": 0}}, r"train\.lr_g must be > 0"),
+    ({"train": {"lr_rampdown": 1.5}}, r"train\.lr_rampdown is a fraction of the run"),
+    ({"train": {"curve_samples": 1}}, r"train\.curve_samples must be 0 \(off\) or at least 2"),
+    ({"model": {"d_norm": "batchh"}}, r"unknown model\.d_norm 'batchh'.*none, batch, spectral"),
+    ({"model": {"g_upsample": "pixelshuffle"}}, r"unknown model\.g_upsample 'pixelshuffle'"),
+    ({"model": {"arch": "resnet"}}, r"unknown model\.arch 'resnet'"),
+    ({"model": {"width": 0}}, r"model\.width must be >= 1"),
+    ({"model": {"d_norm": "batch"}, "train": {"loss": "wgan_gp"}}, r"d_norm batch couples the samples"),
+    ({"model": {"d_norm": "batch"}, "train": {"r1_gamma": 1.0}}, r"d_norm batch couples the samples"),
+])
+def test_out_of_range_values_fail_at_parse_naming_the_key(raw, message):
+    # At parse, so a bad `dvc exp run -S` fails in the first stage that reads params.yaml.
+    with pytest.raises(P.ParamsError, match=message):
+        P.parse(raw)
+
+
+def test_the_penalties_parse_with_a_discriminator_norm_that_allows_them():
+    p = P.parse({"model": {"d_norm": "spectral"}, "train": {"loss": "wgan_gp", "r1_gamma": 1.0}})
+    assert (p.model.d_norm, p.train.loss, p.train.r1_gamma) == ("spectral", "wgan_gp", 1.0)
+
+
 def test_sections_are_frozen():
     p = P.parse({})
     with pytest.raises(AttributeError):

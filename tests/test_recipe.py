@@ -51,9 +51,11 @@ def test_no_policy_is_the_identity_and_unknown_policies_are_refused():
     x = _images()
     assert augment.diff_augment(x, ()) is x
     with pytest.raises(ValueError, match="unknown train.augment policy 'flip'"):
-        augment.check_policies(["translation", "flip"])
+        TrainParams(augment=("translation", "flip"))
     with pytest.raises(ValueError, match="lists a policy twice"):
-        augment.check_policies(["cutout", "cutout"])
+        TrainParams(augment=("cutout", "cutout"))
+    with pytest.raises(ValueError, match="unknown augmentation policy 'flip'"):
+        augment.diff_augment(x, ("flip",))  # called directly, without TrainParams's check
 
 
 def test_ema_half_life_is_ema_kimg_thousand_images_after_the_ramp_up():

@@ -165,16 +165,9 @@ def test_rerun_resumes_a_finished_run_and_changed_params_start_fresh(
 
 
 def test_bad_params_fail_with_the_key_and_the_fix(tmp_path, tiny_prepared, tracking_env):
-    with pytest.raises(ValueError, match="unknown train.loss 'lsgan'"):
-        _train(tmp_path, tiny_prepared, _params(loss="lsgan"))
+    # Values wrong in themselves fail when params are parsed (tests/test_params.py); these only here.
     with pytest.raises(ValueError, match="200 training images: too few for train.batch_size=256"):
         _train(tmp_path, tiny_prepared, _params(batch_size=256))
-    with pytest.raises(ValueError, match=r"train.betas_d must be \[beta1, beta2\]"):
-        _train(tmp_path, tiny_prepared, _params(betas_d=[0.5]))
-    with pytest.raises(ValueError, match="unknown train.augment policy 'flip'"):
-        _train(tmp_path, tiny_prepared, _params(augment=["flip"]))
-    with pytest.raises(ValueError, match="d_norm batch couples the samples"):
-        _train(tmp_path, tiny_prepared, _params(model={"d_norm": "batch"}, loss="wgan_gp"))
     with pytest.raises(FileNotFoundError, match="run the classifier stage"):
         _train(tmp_path, tiny_prepared, _params(curve_samples=50))
     assert not (tmp_path / "ckpt").exists()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("minimax", "non_saturating", "hinge", "wgan_gp")
+from ganops.params import LOSSES
 
 
 def unknown_loss(loss: str) -> ValueError:

@@ -10,10 +10,7 @@ import torch
 from torch import nn
 
 from ganops.fileio import write_bytes, write_json
-
-ARCHS = ("mlp", "dcgan")
-G_UPSAMPLES = ("transposed", "resize")
-D_NORMS = ("none", "batch", "spectral")
+from ganops.params import ARCHS, D_NORMS, G_UPSAMPLES
 
 
 @dataclass(frozen=True)

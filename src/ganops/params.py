@@ -13,7 +13,24 @@ import yaml
 
 
 class ParamsError(ValueError):
-    """params.yaml is missing, malformed, or has an unknown or mistyped key."""
+    """params.yaml is missing, malformed, or has an unknown, mistyped or out-of-range value."""
+
+
+# The choices of the string-valued params, checked here so that a bad `dvc exp run -S` fails when
+# params.yaml is read, in whichever stage reads it first, not an hour into a run.
+ARCHS = ("mlp", "dcgan")
+G_UPSAMPLES = ("transposed", "resize")
+D_NORMS = ("none", "batch", "spectral")
+LOSSES = ("minimax", "non_saturating", "hinge", "wgan_gp")
+AUGMENT_POLICIES = ("translation", "cutout")
+EMA_BN = ("recompute", "copy")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ParamsError(f"unknown {key} '{value}' in params.yaml: choose one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,14 @@ class ModelParams:
     g_upsample: str = "resize"  # transposed | resize (nearest x2 + 3x3 conv: no checkerboard)
     d_norm: str = "batch"  # none | batch (after D's 2nd conv) | spectral (every D layer)
 
+    def __post_init__(self):
+        _choice("model.arch", self.arch, ARCHS)
+        _choice("model.g_upsample", self.g_upsample, G_UPSAMPLES)
+        _choice("model.d_norm", self.d_norm, D_NORMS)
+        for key in ("z_dim", "width"):
+            if getattr(self, key) < 1:
+                raise ParamsError(f"model.{key} must be >= 1 in params.yaml, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class TrainParams:
@@ -68,6 +93,36 @@ class TrainParams:
     max_steps: int = 0  # stop after this many generator steps; 0 runs all epochs
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 autocast; auto: bf16 where native, else fp32 (CPU) / fp16 (CUDA)
+
+    def __post_init__(self):
+        """Reject values that would silently misbehave, naming the key and the fix."""
+        _choice("train.loss", self.loss, LOSSES)
+        _choice("train.ema_bn", self.ema_bn, EMA_BN)
+        _choice("train.device", self.device, DEVICES)
+        _choice("train.precision", self.precision, PRECISIONS)
+        for key in ("epochs", "batch_size", "d_steps", "log_every", "checkpoint_every", "r1_every"):
+            if getattr(self, key) < 1:
+                raise ParamsError(f"train.{key} must be >= 1 in params.yaml, got {getattr(self, key)}")
+        if self.max_steps < 0:
+            raise ParamsError(f"train.max_steps must be >= 0 (0 = all epochs), got {self.max_steps}")
+        if self.curve_samples < 0 or self.curve_samples == 1:
+            raise ParamsError(f"train.curve_samples must be 0 (off) or at least 2, got {self.curve_samples}")
+        for key in ("lr_g", "lr_d"):
+            if not getattr(self, key) > 0:
+                raise ParamsError(f"train.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("ema_kimg", "ema_rampup", "r1_gamma", "gp_weight"):
+            if getattr(self, key) < 0:
+                raise ParamsError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.lr_rampdown <= 1.0:
+            raise ParamsError(f"train.lr_rampdown is a fraction of the run, in [0, 1], got {self.lr_rampdown}")
+        for key in ("betas_g", "betas_d"):
+            betas = getattr(self, key)
+            if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+                raise ParamsError(f"train.{key} must be [beta1, beta2] with each in [0, 1), got {list(betas)}")
+        for name in self.augment:
+            _choice("train.augment policy", name, AUGMENT_POLICIES)
+        if len(set(self.augment)) != len(self.augment):
+            raise ParamsError(f"train.augment lists a policy twice: {list(self.augment)}")
 
 
 @dataclass(frozen=True)
@@ -116,6 +171,12 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     export: ExportParams = field(default_factory=ExportParams)
     serve: ServeParams = field(default_factory=ServeParams)
+
+    def __post_init__(self):
+        if self.model.d_norm == "batch" and (self.train.loss == "wgan_gp" or self.train.r1_gamma > 0):
+            raise ParamsError("model.d_norm batch couples the samples of a batch, which breaks per-sample "
+                              "gradient penalties (train.loss wgan_gp, train.r1_gamma > 0): use d_norm none "
+                              "or spectral")
 
 
 def _coerce(value, tp, where: str):

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ganops import checkpoints, losses, plots, quality, runtime, sampling, schedules, tracking
-from ganops.augment import check_policies, diff_augment
+from ganops.augment import diff_augment
 from ganops.fileio import atomic_dir, write_bytes
 from ganops.networks import Discriminator, Generator, NetConfig, save_generator
 from ganops.params import Params, flatten
@@ -26,7 +26,6 @@ GRID_COLUMNS = 8
 # Latents that the EMA generator's batch-norm statistics are recomputed on (apart from all others).
 BN_SEEDS = range(3_000_000, 3_000_000 + 4096)
 BN_BATCH = 512
-EMA_BN = ("recompute", "copy")
 # Logged every log_every steps (averaged over the window); all but img_per_s also go to losses.csv.
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "grad_norm_d", "grad_norm_g")
 CSV_COLUMNS = ("step", "epoch", *METRICS)
@@ -52,11 +51,7 @@ def train(
     Returns a summary: steps, epochs, resumed_at, images, seconds (this process's loop), img_per_s,
     run_id, device, world_size, precision, fid_curve (the last point, or None).
     """
-    mp, tp = params.model, params.train
-    _check(tp)
-    if mp.d_norm == "batch" and (tp.loss == "wgan_gp" or tp.r1_gamma > 0):
-        raise ValueError("model.d_norm batch couples the samples of a batch, which breaks per-sample "
-                         "gradient penalties (wgan_gp, r1_gamma): use d_norm none or spectral")
+    mp, tp = params.model, params.train  # their values were checked when Params was built
     prepared_dir, checkpoint_dir, report_dir = Path(prepared_dir), Path(checkpoint_dir), Path(report_dir)
     manifest = load_manifest(prepared_dir)
     with runtime.training_process(tp.device) as proc:
@@ -240,31 +235,6 @@ def _window_start(step: int, log_every: int, steps_per_epoch: int) -> int:
     """Where the logging window that ends after `step` began: the last multiple of log_every or
     epoch end at or before `step` (a window never spans two epochs)."""
     return max(step // log_every * log_every, step // steps_per_epoch * steps_per_epoch)
-
-
-def _check(tp) -> None:
-    """Reject train params that would silently misbehave, naming the key and the fix."""
-    if tp.loss not in losses.LOSSES:
-        raise losses.unknown_loss(tp.loss)
-    for key in ("epochs", "batch_size", "d_steps", "log_every", "checkpoint_every", "r1_every"):
-        if getattr(tp, key) < 1:
-            raise ValueError(f"train.{key} must be >= 1 in params.yaml, got {getattr(tp, key)}")
-    if tp.max_steps < 0:
-        raise ValueError(f"train.max_steps must be >= 0 (0 = all epochs), got {tp.max_steps}")
-    if tp.curve_samples < 0 or tp.curve_samples == 1:
-        raise ValueError(f"train.curve_samples must be 0 (off) or at least 2, got {tp.curve_samples}")
-    for key in ("ema_kimg", "ema_rampup", "r1_gamma"):
-        if getattr(tp, key) < 0:
-            raise ValueError(f"train.{key} must be >= 0, got {getattr(tp, key)}")
-    if not 0.0 <= tp.lr_rampdown <= 1.0:
-        raise ValueError(f"train.lr_rampdown is a fraction of the run, in [0, 1], got {tp.lr_rampdown}")
-    for key in ("betas_g", "betas_d"):
-        betas = getattr(tp, key)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"train.{key} must be [beta1, beta2] with each in [0, 1), got {list(betas)}")
-    if tp.ema_bn not in EMA_BN:
-        raise ValueError(f"unknown train.ema_bn '{tp.ema_bn}': choose one of {', '.join(EMA_BN)}")
-    check_policies(tp.augment)
 
 
 def _load_images(prepared_dir: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
