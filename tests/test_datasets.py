@@ -188,7 +188,7 @@ def test_unknown_dataset_and_bad_params(tmp_path):
                                            r"choose one of fashion-mnist, mnist, kmnist, idx"):
         dataset_spec("cifar10")
     with pytest.raises(DatasetError, match="data.idx_dir is empty: set data.idx_dir in params.yaml"):
-        fetch(params=DataParams(dataset="idx"), out_dir=tmp_path / "raw")
+        dataset_spec("idx")  # a direct API call; params.yaml is checked at parse (test_params)
     with pytest.raises(DatasetError, match=r"'ftp://host/x' in data.mirrors .* neither a local directory"):
         download(spec=make_spec(), out_dir=tmp_path / "raw", mirrors=("ftp://host/x",), **fast())
     assert_no_output(tmp_path / "raw")

@@ -128,8 +128,9 @@ def test_quality_gate_fails_after_writing_and_logging(env, tmp_path):
 def test_inputs_that_do_not_fit_are_clear_errors(env, tmp_path):
     with pytest.raises(FileNotFoundError, match="dvc repro train"):
         _evaluate(env, tmp_path, run="missing.json")
-    with pytest.raises(ValueError, match="kid_subset_size=500"):
-        _evaluate(env, tmp_path, replace(SMALL, kid_subset_size=500))
+    # 200 samples pass params' own check; the real set here holds fewer than 150.
+    with pytest.raises(ValueError, match=r"kid_subset_size=150 must be in \[2, 100\]"):
+        _evaluate(env, tmp_path, replace(SMALL, num_samples=200, kid_subset_size=150))
     with pytest.raises(ValueError, match=r"no Inception statistics.*evaluate.inception: true "
                                          r"\(dvc repro inception_reference\)"):
         _evaluate(env, tmp_path, replace(SMALL, inception=True))

@@ -35,7 +35,7 @@ import requests
 from tqdm import tqdm
 
 from ganops.fileio import atomic_dir, write_json
-from ganops.params import DataParams
+from ganops.params import DATASETS, DataParams
 
 FILE_NAMES = (
     "train-images-idx3-ubyte",
@@ -138,7 +138,7 @@ CATALOGUE: dict[str, DatasetSpec] = {
         fix=f"{_FIX_MIRROR} (it must serve the official .gz files: only their MD5s are published)",
     ),
 }
-DATASETS = (*CATALOGUE, "idx")
+assert DATASETS == (*CATALOGUE, "idx"), "params.DATASETS must list the catalogue, then idx"
 
 
 def dataset_spec(name: str, *, idx_dir: str = "") -> DatasetSpec:

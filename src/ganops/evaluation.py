@@ -198,11 +198,6 @@ def evaluate(
     (Tracker.for_stage). Returns the metrics; raises QualityGateError (after writing and logging)
     when fid > max_fid.
     """
-    if params.num_samples < 2 or params.batch_size < 1:
-        raise ValueError(
-            f"evaluate.num_samples={params.num_samples} must be at least 2 and "
-            f"evaluate.batch_size={params.batch_size} at least 1: fix params.yaml"
-        )
     # Everything that can be checked is checked before the long work, not after it.
     run_id = read_run_id(run_id_path)
     find_run(run_id)  # raises when the store is unusable; a run missing from it is handled below

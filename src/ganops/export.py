@@ -14,10 +14,9 @@ import ganops
 from ganops.fileio import sha256_file, write_bytes, write_json
 from ganops.inference import INPUT_LABEL, INPUT_Z, OUTPUT_IMAGE
 from ganops.networks import load_generator
-from ganops.params import ExportParams
+from ganops.params import MIN_OPSET, ExportParams
 from ganops.sampling import latents
 
-MIN_OPSET = 18  # the dynamo exporter's lowest supported opset
 REGISTERED_MODEL = "ganops-generator"
 # Lineage keys copied from generator.json's "lineage" into the ONNX metadata_props.
 LINEAGE_KEYS = ("git_commit", "data_manifest_sha256", "params_sha256", "dataset", "mlflow_run_id")

