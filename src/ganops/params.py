@@ -35,18 +35,16 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ParamsError(f"unknown {key} '{value}' in params.yaml: choose one of {', '.join(choices)}")
 
 
-def _at_least(section: str, obj, low: float, keys: tuple[str, ...]) -> None:
+def _at_least(section: str, obj, low: float, keys: tuple[str, ...], *, strict: bool = False) -> None:
+    """Each of `keys` of `obj` must be >= low (strict: > low); the negated test also rejects NaN."""
     for key in keys:
         value = getattr(obj, key)
-        if not value >= low:  # `not >=` also rejects NaN
-            raise ParamsError(f"{section}.{key} must be >= {low} in params.yaml, got {value}")
+        if not (value > low if strict else value >= low):
+            raise ParamsError(f"{section}.{key} must be {'>' if strict else '>='} {low} in params.yaml, got {value}")
 
 
 def _positive(section: str, obj, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        value = getattr(obj, key)
-        if not value > 0:
-            raise ParamsError(f"{section}.{key} must be > 0 in params.yaml, got {value}")
+    _at_least(section, obj, 0, keys, strict=True)
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,8 @@ class TrainParams:
         _choice("train.ema_bn", self.ema_bn, EMA_BN)
         _choice("train.device", self.device, DEVICES)
         _choice("train.precision", self.precision, PRECISIONS)
-        _at_least("train", self, 1, ("epochs", "batch_size", "d_steps", "log_every", "checkpoint_every", "r1_every"))
+        _at_least("train", self, 1,
+                  ("epochs", "batch_size", "d_steps", "log_every", "checkpoint_every", "r1_every"))
         _at_least("train", self, 0, ("seed", "max_steps", "ema_kimg", "ema_rampup", "r1_gamma", "gp_weight"))
         _positive("train", self, ("lr_g", "lr_d"))
         if self.curve_samples < 0 or self.curve_samples == 1:
