@@ -24,12 +24,15 @@ class NetConfig:
     num_classes: int = 10
     g_upsample: str = "transposed"
     d_norm: str = "none"
+    depth: int = 0  # dcgan: extra 3x3 convs at each of G's and D's two hidden resolutions
 
     def __post_init__(self):
         for key, value, choices in (("arch", self.arch, ARCHS), ("g_upsample", self.g_upsample, G_UPSAMPLES),
                                     ("d_norm", self.d_norm, D_NORMS)):
             if value not in choices:
                 raise ValueError(f"unknown model.{key} '{value}': choose one of {', '.join(choices)}")
+        if self.depth < 0 or (self.depth and self.arch != "dcgan"):
+            raise ValueError(f"model.depth={self.depth}: must be >= 0, and 0 unless model.arch is dcgan")
 
 
 def _init_dcgan(module: nn.Module) -> None:
@@ -41,6 +44,23 @@ def _init_dcgan(module: nn.Module) -> None:
     elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+
+
+def _g_convs(depth: int, channels: int) -> list[nn.Module]:
+    """`depth` 3x3 conv + batch norm + ReLU layers that keep G's resolution and channels."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+    return layers
+
+
+def _d_convs(depth: int, channels: int, batch_norm: bool) -> list[nn.Module]:
+    """`depth` 3x3 conv (+ batch norm) + LeakyReLU layers that keep D's resolution and channels."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        norm = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        layers += [nn.Conv2d(channels, channels, 3, 1, 1, bias=not batch_norm), norm, nn.LeakyReLU(0.2, inplace=True)]
+    return layers
 
 
 def _upsample(kind: str, c_in: int, c_out: int, *, bias: bool) -> nn.Module:
@@ -102,8 +122,10 @@ class Generator(nn.Module):
                 nn.Linear(in_dim, 2 * w * 7 * 7, bias=False),
                 nn.Unflatten(1, (2 * w, 7, 7)),
                 nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+                *_g_convs(cfg.depth, 2 * w),
                 _upsample(cfg.g_upsample, 2 * w, w, bias=False),  # 7 -> 14
                 nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                *_g_convs(cfg.depth, w),
                 _upsample(cfg.g_upsample, w, 1, bias=True),  # 14 -> 28
                 nn.Tanh(),
             )
@@ -140,8 +162,10 @@ class Discriminator(nn.Module):
             norm = nn.BatchNorm2d(2 * w) if cfg.d_norm == "batch" else nn.Identity()
             self.features = nn.Sequential(
                 nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),  # 28 -> 14
+                *_d_convs(cfg.depth, w, cfg.d_norm == "batch"),
                 nn.Conv2d(w, 2 * w, 4, 2, 1, bias=cfg.d_norm != "batch"), norm,  # 14 -> 7
                 nn.LeakyReLU(0.2, inplace=True),
+                *_d_convs(cfg.depth, 2 * w, cfg.d_norm == "batch"),
                 nn.Flatten(),
             )
         self.head = nn.Linear(feat, 1)

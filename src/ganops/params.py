@@ -84,12 +84,16 @@ class ModelParams:
     conditional: bool = False  # label embedding in G, projection discriminator
     g_upsample: str = "resize"  # transposed | resize (nearest x2 + 3x3 conv: no checkerboard)
     d_norm: str = "batch"  # none | batch (after D's 2nd conv) | spectral (every D layer)
+    depth: int = 0  # dcgan: extra 3x3 convs at each hidden resolution of G and D
 
     def __post_init__(self):
         _choice("model.arch", self.arch, ARCHS)
         _choice("model.g_upsample", self.g_upsample, G_UPSAMPLES)
         _choice("model.d_norm", self.d_norm, D_NORMS)
         _at_least("model", self, 1, ("z_dim", "width"))
+        _at_least("model", self, 0, ("depth",))
+        if self.depth and self.arch != "dcgan":
+            raise ParamsError(f"model.depth={self.depth} needs model.arch=dcgan (the mlp has no convs): set it to 0")
 
 
 @dataclass(frozen=True)
