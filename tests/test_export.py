@@ -80,6 +80,20 @@ def test_unconditional_has_only_z(tmp_path):
     assert Generator.from_onnx(out).run(latents(range(5), 16)).shape == (5, 1, 28, 28)
 
 
+def test_deeper_resize_conv_generator_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    cfg = NetConfig(arch="dcgan", z_dim=16, width=8, conditional=True, g_upsample="resize", depth=1)
+    g = TorchGenerator(cfg).eval()
+    save_generator(tmp_path / "gan", g, {"lineage": LINEAGE, "classes": None})
+    out = tmp_path / "g.onnx"
+    report = export_onnx(model_dir=tmp_path / "gan", onnx_path=out, opset=18, lineage={}, parity_seeds=32)
+    assert report["parity_max_abs_diff"] <= 1e-4
+    z, y = latents(range(4), 16), np.array([0, 1, 2, 3])
+    with torch.no_grad():
+        want = g(torch.from_numpy(z), torch.from_numpy(y)).numpy()
+    np.testing.assert_allclose(Generator.from_onnx(out).run(z, y), want, atol=1e-5)
+
+
 def test_same_weights_same_bytes_from_another_directory(tmp_path):
     gan = save_tiny(tmp_path / "a" / "gan", conditional=True)
     shutil.copytree(gan, tmp_path / "b" / "elsewhere")

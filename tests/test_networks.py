@@ -65,6 +65,34 @@ def test_dcgan_init():
     assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bn)
 
 
+@pytest.mark.parametrize("d_norm", ["batch", "spectral"])
+def test_depth_adds_resolution_keeping_convs_to_both_nets(d_norm):
+    torch.manual_seed(0)
+    shallow = NetConfig(arch="dcgan", z_dim=16, width=8, conditional=True, g_upsample="resize", d_norm=d_norm)
+    deep = NetConfig(arch="dcgan", z_dim=16, width=8, conditional=True, g_upsample="resize", d_norm=d_norm, depth=2)
+    G, D = Generator(deep), Discriminator(deep)
+    y = torch.arange(3)
+    x = G(torch.randn(3, 16), y)
+    assert x.shape == (3, 1, 28, 28) and D(x, y).shape == (3,)
+
+    def convs(net):
+        return [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    def shapes(net):
+        return [(m.in_channels, m.out_channels, m.kernel_size[0]) for m in convs(net)]
+
+    # Two 3x3 convs per hidden resolution, each keeping its channels, before the resolution changes.
+    assert shapes(G) == [(16, 16, 3), (16, 16, 3), (16, 8, 3), (8, 8, 3), (8, 8, 3), (8, 1, 3)]
+    assert shapes(D) == [(1, 8, 4), (8, 8, 3), (8, 8, 3), (8, 16, 4), (16, 16, 3), (16, 16, 3)]
+    assert shapes(Discriminator(shallow)) == [(1, 8, 4), (8, 16, 4)]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()) == (5 if d_norm == "batch" else 0)
+    assert all(hasattr(m, "parametrizations") == (d_norm == "spectral") for m in convs(D))
+    # depth 0 is the original network, state dict keys included (old checkpoints still load).
+    assert Generator(shallow).state_dict().keys() == Generator(NetConfig(**{**deep.__dict__, "depth": 0})).state_dict().keys()
+    with pytest.raises(ValueError, match="model.depth=1"):
+        NetConfig(arch="mlp", depth=1)
+
+
 def test_unknown_arch_names_the_choices():
     with pytest.raises(ValueError, match="model.arch 'resnet'.*mlp, dcgan"):
         NetConfig(arch="resnet")
