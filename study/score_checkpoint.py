@@ -6,8 +6,9 @@ domain fid, outside the pipeline: for a run that cannot finish (e.g. a session e
         [--classifier models/classifier] [--samples 10000]
 
 The model params (--set, as in `dvc exp run -S`) must be those it was trained with. Prints one
-JSON line: step, epochs, fid (domain, 10k), fid_inception. Batch-norm statistics are recomputed
-for the EMA weights on the training loop's fixed latents first, as the loop does at epoch ends.
+JSON line: step, epochs, weights, fid (domain, 10k), fid_inception. Batch-norm statistics are
+recomputed on the training loop's fixed latents first, as the loop does for the EMA weights at epoch
+ends (--weights G scores the raw generator the same way).
 The Inception statistics come from the inception_reference stage, made with evaluate.inception: true
 and the evaluate.inception_weights of params.yaml (or --set).
 """
@@ -41,6 +42,8 @@ def main() -> int:
     ap.add_argument("--classifier", default="models/classifier")
     ap.add_argument("--samples", type=int, default=10000)
     ap.add_argument("--steps-per-epoch", type=int, default=468)
+    ap.add_argument("--weights", choices=("G_ema", "G"), default="G_ema",
+                    help="the EMA generator (what the pipeline exports) or the raw one")
     args = ap.parse_args()
     raw = yaml.safe_load(Path("params.yaml").read_text())
     for item in args.set:
@@ -56,8 +59,8 @@ def main() -> int:
         data_manifest_sha256=json.loads((ref / "reference.json").read_text())["data_manifest_sha256"])
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     G = Generator(NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, 10,
-                            g_upsample=mp.g_upsample, d_norm=mp.d_norm))
-    G.load_state_dict(state["G_ema"])
+                            g_upsample=mp.g_upsample, d_norm=mp.d_norm, depth=mp.depth))
+    G.load_state_dict(state[args.weights])
     bn_y = torch.arange(len(BN_SEEDS)) % 10 if mp.conditional else None
     _recompute_bn_stats(G, torch.from_numpy(latents(BN_SEEDS, mp.z_dim)), bn_y)
     G.eval()
@@ -65,6 +68,7 @@ def main() -> int:
     classifier, _ = load_classifier(args.classifier)
     feats, predicted = extract(classifier, images, batch_size=ep.batch_size)
     out = {"checkpoint": args.checkpoint, "step": state["step"], "epochs": state["step"] / args.steps_per_epoch,
+           "weights": args.weights,
            "fid": m.frechet_distance(*m.gaussian_stats(feats), np.load(ref / "test_mu.npy"),
                                      np.load(ref / "test_sigma.npy"))}
     if labels is not None:
