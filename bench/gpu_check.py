@@ -223,8 +223,7 @@ def check_onnx(*, raw: dict, work: Path, sizes: Sizes, cuda: bool) -> dict:
     p = params.parse(raw)
     mp = p.model
     torch.manual_seed(0)
-    G = Generator(NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, 10, g_upsample=mp.g_upsample,
-                            d_norm=mp.d_norm)).eval()
+    G = Generator(NetConfig.from_params(mp, 10)).eval()
     save_generator(work / "gan", G)
     report = export_onnx(model_dir=work / "gan", onnx_path=work / "generator.onnx", opset=p.export.opset,
                          lineage={}, parity_seeds=p.export.parity_seeds, parity_atol=p.export.parity_atol)

@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
         images, labels = load_split(prepared, "train")
         mp, tp = params.model, params.train
         num_classes = int(load_manifest(prepared)["num_classes"])
-        cfg = NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, num_classes, g_upsample=mp.g_upsample, d_norm=mp.d_norm)
+        cfg = NetConfig.from_params(mp, num_classes)
         print(f"data: {dataset}, {len(images)} images; {mp.arch} width {mp.width}, batch {tp.batch_size}, "
               f"loss {tp.loss}; {args.steps} steps x {args.rounds} rounds; torch threads "
               f"{torch.get_num_threads()}", flush=True)

@@ -58,8 +58,7 @@ def main() -> int:
         args.inception_reference, inception_weights=ep.inception_weights,
         data_manifest_sha256=json.loads((ref / "reference.json").read_text())["data_manifest_sha256"])
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    G = Generator(NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, 10,
-                            g_upsample=mp.g_upsample, d_norm=mp.d_norm, depth=mp.depth))
+    G = Generator(NetConfig.from_params(mp, 10))
     G.load_state_dict(state[args.weights])
     bn_y = torch.arange(len(BN_SEEDS)) % 10 if mp.conditional else None
     _recompute_bn_stats(G, torch.from_numpy(latents(BN_SEEDS, mp.z_dim)), bn_y)

@@ -93,6 +93,37 @@ def test_depth_adds_resolution_keeping_convs_to_both_nets(d_norm):
         NetConfig(arch="mlp", depth=1)
 
 
+def test_pooled_projection_scores_the_label_against_channel_sums():
+    """d_projection pooled (Miyato & Koyama's form): one embedding value per channel of D's last
+    features, summed over the 7x7 map; flat: one per feature and position."""
+    torch.manual_seed(0)
+    cfg = NetConfig(arch="dcgan", z_dim=16, width=8, conditional=True, d_norm="batch", d_projection="pooled")
+    D = Discriminator(cfg).eval()
+    flat = Discriminator(NetConfig(**{**cfg.__dict__, "d_projection": "flat"}))
+    assert D.embed.weight.shape == (10, 16) and flat.embed.weight.shape == (10, 16 * 7 * 7)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 3, 3, 9])
+    h = D.features(x)
+    sums = h.reshape(4, 16, 7, 7).sum(dim=(2, 3))
+    torch.testing.assert_close(D(x, y), D.head(h).squeeze(1) + (D.embed.weight[y] * sums).sum(dim=1))
+    # The label's term is blind to where a feature is: shifting the 7x7 map leaves it unchanged.
+    assert torch.allclose(sums, torch.roll(h.reshape(4, 16, 7, 7), 3, dims=3).sum(dim=(2, 3)))
+    with pytest.raises(ValueError, match="d_projection=pooled"):
+        NetConfig(arch="dcgan", d_projection="pooled")  # unconditional: no projection
+    with pytest.raises(ValueError, match="d_projection=pooled"):
+        NetConfig(arch="mlp", conditional=True, d_projection="pooled")
+
+
+def test_net_config_from_params_carries_every_model_key():
+    from dataclasses import asdict
+
+    from ganops.params import ModelParams
+
+    mp = ModelParams(width=32, conditional=True, g_upsample="transposed", d_norm="spectral", depth=2,
+                     d_projection="pooled")
+    cfg = NetConfig.from_params(mp, num_classes=7)
+    assert asdict(cfg) == {**asdict(mp), "num_classes": 7}
+
+
 def test_unknown_arch_names_the_choices():
     with pytest.raises(ValueError, match="model.arch 'resnet'.*mlp, dcgan"):
         NetConfig(arch="resnet")

@@ -70,6 +70,8 @@ def test_coercions_ints_to_floats_lists_to_tuples_and_optional():
     ({"model": {"width": 0}}, r"model\.width must be >= 1"),
     ({"model": {"depth": -1}}, r"model\.depth must be >= 0"),
     ({"model": {"arch": "mlp", "depth": 1}}, r"model\.depth=1 needs model\.arch=dcgan"),
+    ({"model": {"d_projection": "mean"}}, r"unknown model\.d_projection 'mean'.*flat, pooled"),
+    ({"model": {"d_projection": "pooled"}}, r"model\.d_projection=pooled needs model\.conditional=true"),
     ({"model": {"d_norm": "batch"}, "train": {"loss": "wgan_gp"}}, r"d_norm batch couples the samples"),
     ({"model": {"d_norm": "batch"}, "train": {"r1_gamma": 1.0}}, r"d_norm batch couples the samples"),
     ({"train": {"seed": -1}}, r"train\.seed must be >= 0"),

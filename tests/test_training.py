@@ -90,7 +90,7 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
     assert json.loads((tmp_path / "reports" / "mlflow_run.json").read_text())["run_id"] == run_id
     G, meta = load_generator(tmp_path / "gan")
     assert meta["config"] == {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True, "num_classes": 10,
-                              "g_upsample": "resize", "d_norm": "batch", "depth": 0}
+                              "g_upsample": "resize", "d_norm": "batch", "depth": 0, "d_projection": "flat"}
     assert meta["lineage"] == {
         "git_commit": meta["lineage"]["git_commit"],
         "data_manifest_sha256": manifest_hash(tiny_prepared),
@@ -310,7 +310,7 @@ def test_lr_rampdown_ends_near_zero_and_a_longer_run_starts_over(tmp_path, tiny_
 
 @pytest.mark.parametrize("model,train_keys", [
     ({"d_norm": "batch", "g_upsample": "resize", "depth": 1}, {"augment": ["translation", "cutout"]}),
-    ({"d_norm": "spectral", "conditional": True}, {"loss": "hinge", "betas_g": [0.0, 0.9], "ema_bn": "copy"}),
+    ({"d_norm": "spectral", "conditional": True, "d_projection": "pooled"}, {"loss": "hinge", "betas_g": [0.0, 0.9], "ema_bn": "copy"}),
     ({"d_norm": "none"}, {"r1_gamma": 1.0, "r1_every": 2, "ema_kimg": 0.0}),
 ])
 def test_recipe_components_train(tmp_path, tiny_prepared, tracking_env, model, train_keys):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ganops.fileio import write_bytes, write_json
-from ganops.params import ARCHS, D_NORMS, G_UPSAMPLES
+from ganops.params import ARCHS, D_NORMS, D_PROJECTIONS, G_UPSAMPLES, ModelParams
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,23 @@ class NetConfig:
     g_upsample: str = "transposed"
     d_norm: str = "none"
     depth: int = 0  # dcgan: extra 3x3 convs at each of G's and D's two hidden resolutions
+    d_projection: str = "flat"  # conditional dcgan D: project the label on flat or channel-pooled features
 
     def __post_init__(self):
         for key, value, choices in (("arch", self.arch, ARCHS), ("g_upsample", self.g_upsample, G_UPSAMPLES),
-                                    ("d_norm", self.d_norm, D_NORMS)):
+                                    ("d_norm", self.d_norm, D_NORMS),
+                                    ("d_projection", self.d_projection, D_PROJECTIONS)):
             if value not in choices:
                 raise ValueError(f"unknown model.{key} '{value}': choose one of {', '.join(choices)}")
         if self.depth < 0 or (self.depth and self.arch != "dcgan"):
             raise ValueError(f"model.depth={self.depth}: must be >= 0, and 0 unless model.arch is dcgan")
+        if self.d_projection != "flat" and not (self.conditional and self.arch == "dcgan"):
+            raise ValueError(f"model.d_projection={self.d_projection}: only a conditional dcgan D projects")
+
+    @classmethod
+    def from_params(cls, model: ModelParams, num_classes: int) -> NetConfig:
+        """The nets that params.yaml's `model` section describes, for data with `num_classes` classes."""
+        return cls(**asdict(model), num_classes=num_classes)
 
 
 def _init_dcgan(module: nn.Module) -> None:
@@ -169,8 +178,12 @@ class Discriminator(nn.Module):
                 nn.Flatten(),
             )
         self.head = nn.Linear(feat, 1)
-        # Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), features>.
-        self.embed = nn.Embedding(cfg.num_classes, feat) if cfg.conditional else None
+        # Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), phi(x)>. "flat": phi is
+        # every 7x7 feature, so a class can score a spatial template; "pooled": each channel summed
+        # over the map, as in the paper, so a class can only score which features are present.
+        self.pool = cfg.d_projection == "pooled"
+        proj = 2 * w if self.pool else feat
+        self.embed = nn.Embedding(cfg.num_classes, proj) if cfg.conditional else None
         self.apply(_init_dcgan)
         if cfg.d_norm == "spectral":
             # After the init: the parametrization wraps the initialised weights. The embedding is
@@ -185,7 +198,8 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             if labels is None:
                 raise ValueError("this discriminator is conditional: pass labels")
-            out = out + (self.embed(labels) * h).sum(dim=1)
+            phi = h.view(h.shape[0], self.embed.embedding_dim, -1).sum(dim=2) if self.pool else h
+            out = out + (self.embed(labels) * phi).sum(dim=1)
         return out
 
 

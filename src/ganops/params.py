@@ -21,6 +21,7 @@ class ParamsError(ValueError):
 ARCHS = ("mlp", "dcgan")
 G_UPSAMPLES = ("transposed", "resize")
 D_NORMS = ("none", "batch", "spectral")
+D_PROJECTIONS = ("flat", "pooled")
 LOSSES = ("minimax", "non_saturating", "hinge", "wgan_gp")
 AUGMENT_POLICIES = ("translation", "cutout")
 EMA_BN = ("recompute", "copy")
@@ -85,15 +86,20 @@ class ModelParams:
     g_upsample: str = "resize"  # transposed | resize (nearest x2 + 3x3 conv: no checkerboard)
     d_norm: str = "batch"  # none | batch (after D's 2nd conv) | spectral (every D layer)
     depth: int = 0  # dcgan: extra 3x3 convs at each hidden resolution of G and D
+    d_projection: str = "flat"  # conditional dcgan D: flat (every 7x7 feature) | pooled (per-channel sums)
 
     def __post_init__(self):
         _choice("model.arch", self.arch, ARCHS)
         _choice("model.g_upsample", self.g_upsample, G_UPSAMPLES)
         _choice("model.d_norm", self.d_norm, D_NORMS)
+        _choice("model.d_projection", self.d_projection, D_PROJECTIONS)
         _at_least("model", self, 1, ("z_dim", "width"))
         _at_least("model", self, 0, ("depth",))
         if self.depth and self.arch != "dcgan":
             raise ParamsError(f"model.depth={self.depth} needs model.arch=dcgan (the mlp has no convs): set it to 0")
+        if self.d_projection != "flat" and not (self.conditional and self.arch == "dcgan"):
+            raise ParamsError(f"model.d_projection={self.d_projection} needs model.conditional=true and "
+                              "model.arch=dcgan (only a conditional conv D has a projection to pool): set it to flat")
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,7 @@ def train(
         precision = runtime.resolve_precision(tp.precision, device, announce=main)
         images, labels = _load_images(prepared_dir, device)
         n, batch = images.shape[0], tp.batch_size
-        cfg = NetConfig(mp.arch, mp.z_dim, mp.width, mp.conditional, int(manifest["num_classes"]),
-                        g_upsample=mp.g_upsample, d_norm=mp.d_norm, depth=mp.depth)
+        cfg = NetConfig.from_params(mp, int(manifest["num_classes"]))
         steps_per_epoch = n // world // batch // tp.d_steps  # every rank gets n // world images
         if steps_per_epoch == 0:
             raise ValueError(
