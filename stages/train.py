@@ -8,6 +8,7 @@ Re-running after a crash resumes from models/checkpoints/last.pt. Multi-process:
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ def main(argv: list[str]) -> int:
               "CHECKPOINT_DIR REPORT_DIR", file=sys.stderr)
         return 2
     prepared_dir, classifier_dir, reference_dir, model_dir, checkpoint_dir, report_dir = (Path(a) for a in argv)
+    # `kill` and `dvc queue kill` send SIGTERM: take it as Ctrl-C, so the MLflow run is closed as
+    # KILLED instead of staying RUNNING, and the last checkpoint is left for the next run to resume.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.perf_counter()
     try:
         # All sections: lineage hashes data, prepare, model and train; MLflow logs every param.
@@ -32,6 +36,9 @@ def main(argv: list[str]) -> int:
     except (params.ParamsError, ValueError, FileNotFoundError) as e:
         print(f"train failed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"train: interrupted; `dvc repro` resumes from {checkpoint_dir}'s last checkpoint", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         resumed = f", resumed at step {summary['resumed_at']}" if summary["resumed_at"] else ""
         curve = f", fid_curve {summary['fid_curve']:.2f}" if summary["fid_curve"] is not None else ""

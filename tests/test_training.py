@@ -252,6 +252,29 @@ def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, t
     assert steps == {*range(7, 100, 7), 50, 100}
 
 
+def test_sigterm_closes_the_mlflow_run_as_killed_and_keeps_the_checkpoint(tmp_path, tracking_env, store, one_thread):
+    prepared = tmp_path / "prepared"
+    write_prepared(prepared, splits={"train": synthetic_images(800, 0), "test": synthetic_images(100, 1)},
+                   dataset="synthetic", num_classes=10, sources={})
+    (tmp_path / "params.yaml").write_text(json.dumps(
+        {"model": TINY_MODEL, "train": {**TINY_TRAIN, "epochs": 50, "checkpoint_every": 5}}))
+    cmd = [sys.executable, str(STAGE), str(prepared), "no-classifier", "no-reference", "gan", "ckpt", "reports"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": store, **one_thread},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "ckpt" / "last.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended or 120 s"
+        time.sleep(0.01)
+    proc.terminate()  # SIGTERM, as `kill` and `dvc queue kill` send it
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; `dvc repro` resumes from ckpt" in stderr
+    run_id = json.loads((tmp_path / "reports" / "mlflow_run.json").read_text())["run_id"]
+    assert tracking_env.get_run(run_id).info.status == "KILLED"
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["step"] >= 5
+    assert not (tmp_path / "gan").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_run_trains_and_saves_a_cpu_loadable_generator(tmp_path, tiny_prepared, tracking_env):
     summary = _train(tmp_path, tiny_prepared,
