@@ -105,8 +105,17 @@ def test_pooled_projection_scores_the_label_against_channel_sums():
     h = D.features(x)
     sums = h.reshape(4, 16, 7, 7).sum(dim=(2, 3))
     torch.testing.assert_close(D(x, y), D.head(h).squeeze(1) + (D.embed.weight[y] * sums).sum(dim=1))
-    # The label's term is blind to where a feature is: shifting the 7x7 map leaves it unchanged.
-    assert torch.allclose(sums, torch.roll(h.reshape(4, 16, 7, 7), 3, dims=3).sum(dim=(2, 3)))
+    # The label's term is blind to where a feature is: shifting the 7x7 map leaves it unchanged
+    # when pooled, and changes it when flat. Feed D the features directly to shift them.
+    shifted = torch.roll(h.reshape(4, 16, 7, 7), 3, dims=3).reshape(4, -1)
+    for net in (D, flat):
+        net.features = torch.nn.Identity()
+
+    def label_term(net, features):
+        return net(features, y) - net.head(features).squeeze(1)
+
+    torch.testing.assert_close(label_term(D, shifted), label_term(D, h))
+    assert not torch.allclose(label_term(flat, shifted), label_term(flat, h))
     with pytest.raises(ValueError, match="d_projection=pooled"):
         NetConfig(arch="dcgan", d_projection="pooled")  # unconditional: no projection
     with pytest.raises(ValueError, match="d_projection=pooled"):
