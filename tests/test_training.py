@@ -198,10 +198,25 @@ def _state_equal(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tracking_env, store, one_thread):
+def _stage_data(tmp_path: Path) -> Path:
+    """800 synthetic training images (50 steps an epoch at TINY_TRAIN's batch) for the stage's own process."""
     prepared = tmp_path / "prepared"
     write_prepared(prepared, splits={"train": synthetic_images(800, 0), "test": synthetic_images(100, 1)},
                    dataset="synthetic", num_classes=10, sources={})
+    return prepared
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, checkpoint: Path, log: Path | None = None) -> None:
+    """Until the stage's first checkpoint appears (whole: written by atomic rename), at most 120 s."""
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert proc.poll() is None, log.read_text() if log else "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.002)
+
+
+def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tracking_env, store, one_thread):
+    prepared = _stage_data(tmp_path)
     # 800 / 16 = 50 steps per epoch; 2 epochs; checkpoints every 5 steps, metrics every 7.
     train_keys = {"log_every": 7, "checkpoint_every": 5}
     params = _params(**train_keys)
@@ -215,11 +230,7 @@ def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, t
 
     with open(run_dir / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 120
-        while not checkpoint.exists():  # appears whole: written by atomic rename
-            assert proc.poll() is None, (run_dir / "first.log").read_text()
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.002)
+        _wait_for_checkpoint(proc, checkpoint, run_dir / "first.log")
         proc.kill()  # SIGKILL: no cleanup, no final checkpoint
         proc.wait()
     killed_at = torch.load(checkpoint, weights_only=True)["step"]
@@ -253,18 +264,13 @@ def test_sigkill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, t
 
 
 def test_sigterm_closes_the_mlflow_run_as_killed_and_keeps_the_checkpoint(tmp_path, tracking_env, store, one_thread):
-    prepared = tmp_path / "prepared"
-    write_prepared(prepared, splits={"train": synthetic_images(800, 0), "test": synthetic_images(100, 1)},
-                   dataset="synthetic", num_classes=10, sources={})
+    prepared = _stage_data(tmp_path)
     (tmp_path / "params.yaml").write_text(json.dumps(
         {"model": TINY_MODEL, "train": {**TINY_TRAIN, "epochs": 50, "checkpoint_every": 5}}))
     cmd = [sys.executable, str(STAGE), str(prepared), "no-classifier", "no-reference", "gan", "ckpt", "reports"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": store, **one_thread},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "ckpt" / "last.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended or 120 s"
-        time.sleep(0.01)
+    _wait_for_checkpoint(proc, tmp_path / "ckpt" / "last.pt")
     proc.terminate()  # SIGTERM, as `kill` and `dvc queue kill` send it
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
