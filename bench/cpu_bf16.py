@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ganops import losses
+from ganops.training import losses
 from ganops.networks import Discriminator, Generator, NetConfig
 
 

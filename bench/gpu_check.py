@@ -5,12 +5,12 @@
 
 Sections, each {"ok": ..., "seconds": ...} plus its measurements, or {"ok": false, "error": ...}:
   environment  GPU name, CUDA capability, bf16 support, torch / onnxruntime versions and providers
-  amp          ganops.training.train for a few hundred steps in train.precision auto, fp16 and fp32:
+  amp          ganops.training.loop.train for a few hundred steps in train.precision auto, fp16 and fp32:
                img/s, peak GPU memory, whether the losses stayed finite
   ddp          torchrun stages/train.py on 2 GPUs; with one GPU, that --nproc_per_node=2 and
                train.device cuda fails with the error that names --nproc_per_node
   onnx         a generator exported by ganops.export: ONNX Runtime CUDA vs CPU parity, img/s
-  inception    ganops.metrics.InceptionPool3 on the GPU: img/s, agreement with the CPU
+  inception    ganops.metrics.inception.InceptionPool3 on the GPU: img/s, agreement with the CPU
 A CUDA-only part records "skipped: ..." where it cannot run (always in --dry-run). Exit 1 when any
 check failed. The JSON is rewritten after every section, so a run stopped at a time limit keeps what
 it measured. Uses data/prepared when present, else random images; all other outputs (models,
@@ -54,9 +54,10 @@ import torch
 import yaml
 
 import ganops
-from ganops import metrics, params
+from ganops import params
+from ganops.metrics import inception
 from ganops.fileio import write_json
-from ganops.prepared import load_manifest, load_split, write_prepared
+from ganops.data.prepared import load_manifest, load_split, write_prepared
 
 TORCHRUN_TIMEOUT_S = 300  # one torchrun of stages/train.py, start-up of both processes included
 PARITY_ATOL = 1e-3  # ONNX Runtime CUDA vs CPU, max abs difference on images in [-1, 1]
@@ -156,7 +157,7 @@ def environment() -> dict:
 
 def check_amp(*, raw: dict, prepared: Path, work: Path, sizes: Sizes, cuda: bool) -> dict:
     """train() once per precision; each precision fails or passes on its own."""
-    from ganops.training import train
+    from ganops.training.loop import train
 
     runs = {}
     for precision in ("auto", "fp16", "fp32"):
@@ -216,7 +217,7 @@ def check_ddp(*, raw: dict, prepared: Path, work: Path, sizes: Sizes, cuda: bool
 def check_onnx(*, raw: dict, work: Path, sizes: Sizes, cuda: bool) -> dict:
     """Export a fresh generator of params.yaml's model with ganops.export; run it on both providers."""
     from ganops.export import export_onnx
-    from ganops.inference import Generator as OnnxGenerator
+    from ganops.serving.inference import OnnxGenerator
     from ganops.networks import Generator, NetConfig, save_generator
     from ganops.sampling import latents
 
@@ -255,17 +256,17 @@ def check_onnx(*, raw: dict, work: Path, sizes: Sizes, cuda: bool) -> dict:
 
 
 def check_inception(*, prepared: Path, weights: str, sizes: Sizes, cuda: bool) -> dict:
-    path = metrics.inception_weights_path(weights)
+    path = inception.inception_weights_path(weights)
     images, _ = load_split(prepared, "test")
     n_agree = min(sizes.inception_agree, len(images))
     start = time.perf_counter()
-    cpu_features = metrics.InceptionPool3(path, device="cpu", processes=1).features(
+    cpu_features = inception.InceptionPool3(path, device="cpu", processes=1).features(
         images[:n_agree], batch_size=sizes.inception_batch)
     out: dict = {"weights": str(path), "cpu_img_per_s_incl_load": round(n_agree / (time.perf_counter() - start), 2)}
     if not cuda:
         return {"ok": True, **out, "cuda": "skipped: no CUDA"}
 
-    gpu = metrics.InceptionPool3(path, device="cuda")
+    gpu = inception.InceptionPool3(path, device="cuda")
     batch = images[: sizes.inception_batch]
     gpu.features(batch, batch_size=sizes.inception_batch)  # warm-up: cuDNN picks its kernels
     timed = images[: sizes.inception_images]

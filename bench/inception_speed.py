@@ -1,5 +1,5 @@
 """Inception pool3 on the CPU: one process with every core's threads vs one single-thread process
-per core (what ganops.metrics.InceptionPool3 does), with glibc's default allocator in the workers
+per core (what ganops.metrics.distances.InceptionPool3 does), with glibc's default allocator in the workers
 and with freed memory kept (the default), in img/s and in the FID each gives.
 
     .venv/bin/python bench/inception_speed.py [--images 200] [--models models/gan other/gan ...]
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganops import metrics as m
-from ganops.evaluation import generate
+from ganops.metrics import distances, inception
+from ganops.metrics.evaluate import generate
 from ganops.networks import Generator, NetConfig, load_generator
-from ganops.prepared import load_split
+from ganops.data.prepared import load_split
 
 
 def main() -> int:
@@ -40,17 +40,17 @@ def main() -> int:
             sets[path] = generate(G, num_samples=n, seed=1_000_000, batch_size=100)[0]
     sets["untrained generator"] = generate(Generator(NetConfig()).eval(), num_samples=n, seed=1_000_000,
                                            batch_size=100)[0]
-    weights = m.inception_weights_path("")
+    weights = inception.inception_weights_path("")
     cores = torch.get_num_threads()
-    paths = {f"1 process x {cores} threads": m.InceptionPool3(weights, device="cpu", processes=1),
-             f"{cores} processes x 1 thread, memory to the OS": m.InceptionPool3(
+    paths = {f"1 process x {cores} threads": inception.InceptionPool3(weights, device="cpu", processes=1),
+             f"{cores} processes x 1 thread, memory to the OS": inception.InceptionPool3(
                  weights, device="cpu", processes=cores, reuse_memory=False),
-             f"{cores} processes x 1 thread, memory kept": m.InceptionPool3(weights, device="cpu", processes=cores)}
+             f"{cores} processes x 1 thread, memory kept": inception.InceptionPool3(weights, device="cpu", processes=cores)}
     ref = {}
     for label, net in paths.items():
         t = time.perf_counter()
         feats = net.features(test[:n], desc=label)
-        ref[label] = (m.gaussian_stats(feats), n / (time.perf_counter() - t))
+        ref[label] = (distances.gaussian_stats(feats), n / (time.perf_counter() - t))
     print(f"| set ({n} images vs {n} test images) | " + " | ".join(f"FID, {p}" for p in paths)
           + " | largest |diff| |")
     print("| --- | " + " | ".join("---" for _ in paths) + " | --- |")
@@ -60,9 +60,9 @@ def main() -> int:
         fids = []
         for label, net in paths.items():
             t = time.perf_counter()
-            mu, sigma = m.gaussian_stats(net.features(images, desc=label))
+            mu, sigma = distances.gaussian_stats(net.features(images, desc=label))
             rates[label].append(n / (time.perf_counter() - t))
-            fids.append(m.frechet_distance(mu, sigma, *ref[label][0]))
+            fids.append(distances.frechet_distance(mu, sigma, *ref[label][0]))
         diff = max(abs(f - fids[0]) for f in fids)
         worst = max(worst, diff)
         print(f"| {name} | " + " | ".join(f"{f:.3f}" for f in fids) + f" | {diff:.2e} |")

@@ -8,16 +8,18 @@ pool (a plain `def` endpoint), nothing else: no batching, no validation beyond t
 from __future__ import annotations
 
 import argparse
+import io
 
 import numpy as np
 import uvicorn
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ganops.inference import Generator
-from ganops.sampling import latent, png_bytes, to_uint8
+from ganops.serving.inference import OnnxGenerator
+from ganops.sampling import latent, to_uint8
 
 
 def main() -> None:
@@ -26,12 +28,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ort-threads", type=int, default=1)
     args = parser.parse_args()
-    generator = Generator.from_onnx(args.model, providers="cpu", intra_op_threads=args.ort_threads)
+    generator = OnnxGenerator.from_onnx(args.model, providers="cpu", intra_op_threads=args.ort_threads)
     labels = np.zeros(1, np.int64) if generator.conditional else None  # class 0, like the bench's ?label=0
 
     def image(request: Request) -> Response:
         z = latent(request.path_params["seed"], generator.z_dim)[None]
-        return Response(png_bytes(to_uint8(generator.run(z, labels))[0]), media_type="image/png")
+        buf = io.BytesIO()  # Pillow, as a plain server would encode (ganops has its own encoder)
+        Image.fromarray(to_uint8(generator.run(z, labels))[0], mode="L").save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
 
     app = Starlette(routes=[Route("/v1/images/{seed:int}.png", image)])
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)

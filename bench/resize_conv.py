@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ganops.networks import Discriminator, Generator, NetConfig, ResizeConv
-from ganops.losses import d_loss, g_loss
+from ganops.training.losses import d_loss, g_loss
 
 
 def unfolded(G: Generator) -> Generator:

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from ganops.inference import Generator
+from ganops.serving.inference import OnnxGenerator
 from ganops.png import png
 from ganops.sampling import latents, to_uint8
 
@@ -61,7 +61,7 @@ def images_per_second(run, batch: int, min_seconds: float) -> tuple[float, float
 
 
 def ceilings(model: Path, min_seconds: float) -> dict[str, tuple[float, float]]:
-    g = Generator.from_onnx(model, providers="cpu")  # ONNX Runtime's own thread default
+    g = OnnxGenerator.from_onnx(model, providers="cpu")  # ONNX Runtime's own thread default
     z256, z64 = latents(range(256), g.z_dim), latents(range(64), g.z_dim)
     labels = {n: np.zeros(n, np.int64) if g.conditional else None for n in (256, 64)}
     return {  # the PNG encoder is the server's own
@@ -185,7 +185,7 @@ def main() -> int:
         model = Path(args.model) if args.model else REPO / "models" / "generator.onnx"
         if not args.model and not model.exists():
             model = fresh_model(Path(tmp))
-        g = Generator.from_onnx(model, providers="cpu")
+        g = OnnxGenerator.from_onnx(model, providers="cpu")
         label = "?label=0" if g.conditional else ""
         busy = busy_fraction()
         print(f"model {model} ({g!r}); {os.cpu_count()} CPUs, {busy:.0%} busy before the run "

@@ -1,4 +1,4 @@
-"""Benchmark: ganops.training.train's img/s (tracking, EMA, checkpoints on) against a bare reference loop.
+"""Benchmark: ganops.training.loop.train's img/s (tracking, EMA, checkpoints on) against a bare reference loop.
 
 The reference is the usual tutorial loop: a torchvision-style Dataset that turns each uint8 image into
 a PIL image, then ToTensor + Normalize per sample, a DataLoader (shuffle, drop_last), the same nets,
@@ -31,8 +31,8 @@ from torchvision import transforms  # noqa: E402
 
 from ganops import params as params_mod  # noqa: E402
 from ganops.networks import Discriminator, Generator, NetConfig  # noqa: E402
-from ganops.prepared import load_manifest, load_split, write_prepared  # noqa: E402
-from ganops.training import train  # noqa: E402
+from ganops.data.prepared import load_manifest, load_split, write_prepared  # noqa: E402
+from ganops.training.loop import train  # noqa: E402
 
 
 class PerSampleImages(Dataset):
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
             print(f"  round {r + 1}: ganops    {ours[-1]:.0f} img/s", flush=True)
     ref_m, ours_m = statistics.median(ref), statistics.median(ours)
     print(f"reference (DataLoader, ToTensor/Normalize per sample, no tracking): {ref_m:.0f} img/s")
-    print(f"ganops.training.train (in-memory data, tracking, EMA, checkpoints): {ours_m:.0f} img/s")
+    print(f"ganops.training.loop.train (in-memory data, tracking, EMA, checkpoints): {ours_m:.0f} img/s")
     print(f"ratio: {ours_m / ref_m:.2f}x (target >= 1.5x); one 60k epoch ~ {60000 / ours_m:.0f} s")
     return 0
 

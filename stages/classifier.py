@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ganops import params
-from ganops.classifier import train_classifier
+from ganops.metrics.classifier import train_classifier
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Stage download: fetch and verify the dataset's four IDX files into data/raw (see ganops.datasets)."""
+"""Stage download: fetch and verify the dataset's four IDX files into data/raw (see ganops.data.datasets)."""
 from __future__ import annotations
 
 import sys
@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ganops import params
-from ganops.datasets import DatasetError, DownloadError, fetch
+from ganops.data.datasets import DatasetError, DownloadError, fetch
 
 
 def main(argv: list[str]) -> int:

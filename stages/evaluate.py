@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ganops import params
-from ganops.evaluation import QualityGateError, evaluate
+from ganops.metrics.evaluate import QualityGateError, evaluate
 from ganops.tracking import TrackingError
 
 

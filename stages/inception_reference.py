@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ganops import params
-from ganops.inception_reference import build_inception_reference
+from ganops.metrics.inception_reference import build_inception_reference
 
 
 def main(argv: list[str]) -> int:

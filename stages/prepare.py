@@ -1,4 +1,4 @@
-"""Stage prepare: validate data/raw's IDX files and write data/prepared (see ganops.idx, ganops.prepared)."""
+"""Stage prepare: validate data/raw's IDX files and write data/prepared (ganops.data.prepare)."""
 from __future__ import annotations
 
 import sys
@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from ganops import params
-from ganops.idx import IdxError, prepare
+from ganops.data.idx import IdxError
+from ganops.data.prepare import prepare
 
 
 def main(argv: list[str]) -> int:
@@ -17,7 +18,7 @@ def main(argv: list[str]) -> int:
     start = time.perf_counter()
     try:
         p = params.load("params.yaml").prepare
-        manifest = prepare(raw_dir=raw_dir, out_dir=out_dir, subset=p.subset, seed=p.seed)
+        manifest = prepare(raw_dir=raw_dir, out_dir=out_dir, params=p)
     except (params.ParamsError, IdxError) as e:
         print(f"prepare failed: {e}", file=sys.stderr)
         return 1

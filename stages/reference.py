@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from ganops.evaluation import build_reference
+from ganops.metrics.reference import build_reference
 
 
 def main(argv: list[str]) -> int:

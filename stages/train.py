@@ -1,4 +1,4 @@
-"""Stage train: data/prepared -> models/gan (EMA G), models/checkpoints, reports/train (ganops.training).
+"""Stage train: data/prepared -> models/gan (EMA G), models/checkpoints, reports/train (ganops.training.loop).
 
 The classifier and the reference statistics score the per-epoch quality curve (train.curve_samples).
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ganops import params
-from ganops.training import train
+from ganops.training.loop import train
 
 
 def main(argv: list[str]) -> int:

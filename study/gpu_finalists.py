@@ -5,9 +5,9 @@
     python study/gpu_finalists.py --out OUT --dry-run --group screen --only s05-resize   # CPU, ~1 min
 
 Each configuration is params.yaml plus its `section.key=value` overrides (what `dvc exp run -S` takes;
-the values are YAML), trained with ganops.training.train and scored with ganops.evaluation.evaluate
+the values are YAML), trained with ganops.training.loop.train and scored with ganops.metrics.evaluate.evaluate
 with evaluate.inception on, against the test set's Inception statistics built once
-(ganops.inception_reference, as the inception_reference stage makes them). Inputs are the
+(ganops.metrics.inception_reference, as the inception_reference stage makes them). Inputs are the
 pipeline's data/prepared and models/classifier; where absent they are made in the work directory as
 the download (trying each --mirror first), prepare and classifier stages would. Everything but the
 results goes to --work (default: a new temp dir), MLflow store included.
@@ -39,15 +39,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ganops import metrics, params
-from ganops.classifier import train_classifier
-from ganops.datasets import fetch
-from ganops.evaluation import build_reference, evaluate
+from ganops import params
+from ganops.metrics.inception import inception_weights_path
+from ganops.metrics.classifier import train_classifier
+from ganops.data.datasets import fetch
+from ganops.metrics.evaluate import build_reference, evaluate
 from ganops.fileio import sha256_file, write_json
-from ganops.idx import prepare
-from ganops.inception_reference import INCEPTION_REFERENCE_JSON, build_inception_reference
-from ganops.prepared import load_manifest, load_split, write_prepared
-from ganops.training import train
+from ganops.data.prepare import prepare
+from ganops.metrics.inception_reference import INCEPTION_REFERENCE_JSON, build_inception_reference
+from ganops.data.prepared import load_manifest, load_split, write_prepared
+from ganops.training.loop import train
 from run import COLUMNS, METRICS, append, done_names  # study/run.py, beside this file: study/results.csv's columns
 
 CONFIGS = Path(__file__).parent / "configs.yaml"
@@ -112,7 +113,7 @@ def main() -> int:
     # Checked before any training: the parameters of every configuration, and the Inception weights.
     for name, overrides in configs.items():
         params.parse(apply_overrides(raw, overrides))
-    weights = "" if not inception else str(metrics.inception_weights_path(
+    weights = "" if not inception else str(inception_weights_path(
         args.inception_weights or base.evaluate.inception_weights))
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_finalists-"))
@@ -201,7 +202,7 @@ def _inputs(args, base: params.Params, work: Path) -> tuple[Path, Path, dict]:
         if not (prepared / "manifest.json").exists():
             data = replace(base.data, mirrors=(*args.mirror, *base.data.mirrors))
             fetch(params=data, out_dir=raw_dir)
-            prepare(raw_dir=raw_dir, out_dir=prepared, subset=base.prepare.subset, seed=base.prepare.seed)
+            prepare(raw_dir=raw_dir, out_dir=prepared, params=base.prepare)
     if args.dry_run:
         prepared = _prefix(prepared, work / "prepared-dry", {"train": DRY_TRAIN, "test": DRY_TEST})
     classifier = args.classifier

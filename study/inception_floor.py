@@ -16,10 +16,10 @@ import json
 import sys
 import time
 
-from ganops import metrics as m
+from ganops.metrics import distances, inception
 from ganops.fileio import write_json
-from ganops.inception_reference import load_inception_reference
-from ganops.prepared import load_split, manifest_hash
+from ganops.metrics.inception_reference import load_inception_reference
+from ganops.data.prepared import load_split, manifest_hash
 
 
 def main() -> int:
@@ -34,8 +34,8 @@ def main() -> int:
     ref = load_inception_reference(args.inception_reference, data_manifest_sha256=manifest_hash(args.prepared))
     train, _ = load_split(args.prepared, "train")
     start = time.perf_counter()
-    feats = m.InceptionPool3(ref.weights).features(train[: args.num], desc="train")
-    fid = m.frechet_distance(*m.gaussian_stats(feats), ref.test_mu, ref.test_sigma)
+    feats = inception.InceptionPool3(ref.weights).features(train[: args.num], desc="train")
+    fid = distances.frechet_distance(*distances.gaussian_stats(feats), ref.test_mu, ref.test_sigma)
     result = {"num": len(feats), "fid_inception_real": fid, "seconds": round(time.perf_counter() - start)}
     print(json.dumps(result))
     if args.out:

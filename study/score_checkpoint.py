@@ -23,14 +23,14 @@ import numpy as np
 import torch
 import yaml
 
-from ganops import metrics as m
+from ganops.metrics import distances, inception
 from ganops import params as params_mod
-from ganops.classifier import extract, load_classifier
-from ganops.evaluation import generate
-from ganops.inception_reference import load_inception_reference
+from ganops.metrics.classifier import extract, load_classifier
+from ganops.metrics.evaluate import generate
+from ganops.metrics.inception_reference import load_inception_reference
 from ganops.networks import Generator, NetConfig
 from ganops.sampling import latents
-from ganops.training import BN_SEEDS, _recompute_bn_stats
+from ganops.training.loop import BN_SEEDS, _recompute_bn_stats
 
 
 def main() -> int:
@@ -68,13 +68,13 @@ def main() -> int:
     feats, predicted = extract(classifier, images, batch_size=ep.batch_size)
     out = {"checkpoint": args.checkpoint, "step": state["step"], "epochs": state["step"] / args.steps_per_epoch,
            "weights": args.weights,
-           "fid": m.frechet_distance(*m.gaussian_stats(feats), np.load(ref / "test_mu.npy"),
+           "fid": distances.frechet_distance(*distances.gaussian_stats(feats), np.load(ref / "test_mu.npy"),
                                      np.load(ref / "test_sigma.npy"))}
     if labels is not None:
         out["class_accuracy"] = float((predicted == labels).mean())
-    inception = m.InceptionPool3(inception_ref.weights)
-    mu, sigma = m.gaussian_stats(inception.features(images))
-    out["fid_inception"] = m.frechet_distance(mu, sigma, inception_ref.test_mu, inception_ref.test_sigma)
+    net = inception.InceptionPool3(inception_ref.weights)
+    mu, sigma = distances.gaussian_stats(net.features(images))
+    out["fid_inception"] = distances.frechet_distance(mu, sigma, inception_ref.test_mu, inception_ref.test_sigma)
     print(json.dumps(out))
     return 0
 

@@ -65,9 +65,9 @@ def running(app, *, lifespan: str = "on") -> Iterator[str]:
     """Run `app` in a real uvicorn server in a thread, on a socket bound to a free loopback port.
 
     With lifespan="off" the app's start-up (micro-batcher, warm-up) never runs, so it never gets ready.
-    The server is `ganops serve`'s own (ganops.server.Server), shutdown hook included.
+    The server is `ganops serve`'s own (ganops.serving.server.Server), shutdown hook included.
     """
-    from ganops.server import Server
+    from ganops.serving.server import Server
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganops.prepared import write_prepared
+from ganops.data.prepared import write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 

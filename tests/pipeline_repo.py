@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO, synthetic_images
-from ganops.idx import encode
+from ganops.data.idx import encode
 from ganops.params import parse
 
 # Seconds, not minutes: every stage does the least that still exercises it end to end.

@@ -9,9 +9,9 @@ import pytest
 from _serving import CLASSES, decode_png, running, shared_model
 from webdriver import CHROMEDRIVER, CHROMIUM, MISSING, WebDriver, chromium
 
-from ganops.inference import Generator
-from ganops.serve_app import create_app
-from ganops.serve_config import ServeParams
+from ganops.serving.inference import OnnxGenerator
+from ganops.serving.app import create_app
+from ganops.params import ServeParams
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -58,7 +58,7 @@ def loaded(text: str) -> str:
 
 
 def test_page_grid_paging_enlarge_classes_and_interpolation(tmp_path):
-    generator = Generator.from_onnx(shared_model(conditional=True), providers="cpu")
+    generator = OnnxGenerator.from_onnx(shared_model(conditional=True), providers="cpu")
     app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key=None)
     sha = generator.sha256
     ARTIFACTS.mkdir(exist_ok=True)
@@ -133,7 +133,7 @@ def test_page_grid_paging_enlarge_classes_and_interpolation(tmp_path):
 
 
 def test_page_asks_for_the_api_key():
-    generator = Generator.from_onnx(shared_model(conditional=False), providers="cpu")
+    generator = OnnxGenerator.from_onnx(shared_model(conditional=False), providers="cpu")
     app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key="k3y")
     with running(app) as url, chromium() as browser:
         browser.get(f"{url}/#start=4")
@@ -147,7 +147,7 @@ def test_page_asks_for_the_api_key():
 
 
 def test_docs_render_offline():
-    generator = Generator.from_onnx(shared_model(conditional=True), providers="cpu")
+    generator = OnnxGenerator.from_onnx(shared_model(conditional=True), providers="cpu")
     app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key=None)
     with running(app) as url, chromium() as browser:
         operations = sum(len(ops) for ops in httpx.get(f"{url}/openapi.json").json()["paths"].values())

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from conftest import synthetic_images
-from ganops.classifier import (
+from ganops.metrics.classifier import (
     ARCH_VERSION,
     WEIGHTS_FILE,
     extract,
     load_classifier,
     train_classifier,
 )
-from ganops.prepared import load_split, write_prepared
+from ganops.data.prepared import load_split, write_prepared
 
 
 def _train(prepared, out, seed=0, max_steps=0):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ganops.cli import UsageError, main, parse_seeds
 from ganops.export import export_onnx
-from ganops.inference import Generator
+from ganops.serving.inference import OnnxGenerator
 from ganops.networks import Generator as TorchGenerator
 from ganops.networks import NetConfig, save_generator
 from ganops.sampling import MAX_SEED, grid
@@ -65,7 +65,7 @@ def test_grid(models, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["generate", "--model", str(models["uncond"]), "--seeds", "0-9", "--ncol", "4",
                  "--out", str(out)]) == 0
-    expected = grid(Generator.from_onnx(models["uncond"]).generate(range(10)), ncol=4)
+    expected = grid(OnnxGenerator.from_onnx(models["uncond"]).generate(range(10)), ncol=4)
     assert expected.shape == (3 * 30 + 2, 4 * 30 + 2)  # 3 rows of 28 + 2 px gaps
     assert np.array_equal(_png(out), expected)
     printed = capsys.readouterr().out
@@ -73,7 +73,7 @@ def test_grid(models, tmp_path, capsys):
 
 
 def test_one_png_per_seed_into_new_and_existing_directories(models, tmp_path):
-    g = Generator.from_onnx(models["cond"])
+    g = OnnxGenerator.from_onnx(models["cond"])
     new = tmp_path / "new"
     assert main(["generate", "--model", str(models["cond"]), "--seeds", "3,12", "--label", "5",
                  "--out", f"{new}/"]) == 0

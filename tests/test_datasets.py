@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_images
-from ganops.datasets import (
+from ganops.data.datasets import (
     CATALOGUE,
     DATASETS,
     FILE_NAMES,
@@ -30,7 +30,7 @@ from ganops.datasets import (
     fetch,
     verify,
 )
-from ganops.idx import encode
+from ganops.data.idx import encode
 from ganops.params import DataParams
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -57,7 +57,7 @@ def test_torchrun_two_gloo_processes(tmp_path, tiny_prepared):
 RANK_SCRIPT = """
 import os, sys
 from ganops import params
-from ganops.training import train
+from ganops.training.loop import train
 rank = os.environ["RANK"]
 # Each rank has its own checkpoint directory, as on separate nodes: only rank 0's holds last.pt.
 s = train(params=params.load("params.yaml"), prepared_dir=sys.argv[1], classifier_dir="none",

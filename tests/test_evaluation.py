@@ -15,14 +15,14 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, synthetic_images
-from ganops.classifier import train_classifier
-from ganops.evaluation import QualityGateError, build_reference, evaluate, load_reference
-from ganops.inception_reference import build_inception_reference
+from ganops.metrics.classifier import train_classifier
+from ganops.metrics.evaluate import QualityGateError, build_reference, evaluate, load_reference
+from ganops.metrics.inception_reference import build_inception_reference
 from ganops.networks import Generator, NetConfig, save_generator
 from ganops.params import EvaluateParams, parse
-from ganops.prepared import write_prepared
+from ganops.data.prepared import write_prepared
 from ganops.tracking import Tracker, write_run_id
-from ganops.training import train
+from ganops.training.loop import train
 
 SMALL = EvaluateParams(
     num_samples=100, seed=1000, batch_size=64, kid_subsets=5, kid_subset_size=50, nearest_k=5

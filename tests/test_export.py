@@ -19,7 +19,7 @@ import torch
 
 from ganops.export import REGISTERED_MODEL, ParityError, export_onnx, run_export
 from ganops.fileio import sha256_file
-from ganops.inference import Generator
+from ganops.serving.inference import OnnxGenerator
 from ganops.networks import Generator as TorchGenerator
 from ganops.networks import NetConfig, save_generator
 from ganops.params import ExportParams
@@ -77,7 +77,7 @@ def test_unconditional_has_only_z(tmp_path):
     model = onnx.load(str(out))
     assert [i.name for i in model.graph.input] == ["z"]
     assert {p.key: p.value for p in model.metadata_props}["conditional"] == "false"
-    assert Generator.from_onnx(out).run(latents(range(5), 16)).shape == (5, 1, 28, 28)
+    assert OnnxGenerator.from_onnx(out).run(latents(range(5), 16)).shape == (5, 1, 28, 28)
 
 
 def test_deeper_resize_conv_generator_matches_pytorch(tmp_path):
@@ -91,7 +91,7 @@ def test_deeper_resize_conv_generator_matches_pytorch(tmp_path):
     z, y = latents(range(4), 16), np.array([0, 1, 2, 3])
     with torch.no_grad():
         want = g(torch.from_numpy(z), torch.from_numpy(y)).numpy()
-    np.testing.assert_allclose(Generator.from_onnx(out).run(z, y), want, atol=1e-5)
+    np.testing.assert_allclose(OnnxGenerator.from_onnx(out).run(z, y), want, atol=1e-5)
 
 
 def test_same_weights_same_bytes_from_another_directory(tmp_path):
@@ -173,7 +173,7 @@ def test_stage_registers_in_mlflow_and_mlflow_serves_it(tmp_path, monkeypatch):
     assert report["sha256"] == sha256_file(onnx_path)
     assert report["registered_model"] == REGISTERED_MODEL and report["registered_version"] == 1
     assert report["parity_seeds"] == 256 and report["parity_max_abs_diff"] <= 1e-4
-    assert Generator.from_onnx(onnx_path).metadata["mlflow_run_id"] == training.run_id
+    assert OnnxGenerator.from_onnx(onnx_path).metadata["mlflow_run_id"] == training.run_id
 
     client = MlflowClient(uri)
     run = client.get_run(training.run_id)
@@ -213,7 +213,7 @@ def test_stage_registers_in_mlflow_and_mlflow_serves_it(tmp_path, monkeypatch):
         assert response.status_code == 200, response.text
         served = np.asarray(response.json()["predictions"]["image"], dtype=np.float32)
         assert served.shape == (3, 1, 28, 28)
-        assert np.abs(served - Generator.from_onnx(onnx_path).run(z)).max() <= 1e-6
+        assert np.abs(served - OnnxGenerator.from_onnx(onnx_path).run(z)).max() <= 1e-6
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # mlflow runs uvicorn as a child: stop the group
         try:

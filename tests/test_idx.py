@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_images
-from ganops.datasets import FILE_NAMES
-from ganops.idx import IdxError, encode, prepare, read_images, read_labels, stratified_subset
-from ganops.prepared import load_manifest, load_split
+from ganops.data.datasets import FILE_NAMES
+from ganops.data.idx import IdxError, encode, read_images, read_labels
+from ganops.data.prepare import prepare, stratified_subset
+from ganops.params import PrepareParams
+from ganops.data.prepared import load_manifest, load_split
 
 
 def write_raw(directory: Path, *, n_train: int = 200, n_test: int = 100, classes=None,
@@ -90,7 +92,7 @@ def test_images_must_be_28x28(tmp_path):
 
 def test_prepare_writes_the_prepared_format(tmp_path):
     raw = write_raw(tmp_path / "raw", classes=[f"c{k}" for k in range(10)])
-    manifest = prepare(raw_dir=raw, out_dir=tmp_path / "prepared")
+    manifest = prepare(raw_dir=raw, out_dir=tmp_path / "prepared", params=PrepareParams())
     assert manifest == load_manifest(tmp_path / "prepared")
     assert manifest["dataset"] == "synthetic"
     assert manifest["num_classes"] == 10
@@ -112,14 +114,14 @@ def test_prepare_writes_the_prepared_format(tmp_path):
 def test_prepare_is_byte_identical(tmp_path):
     raw = write_raw(tmp_path / "raw")
     for out in ("a", "b"):
-        prepare(raw_dir=raw, out_dir=tmp_path / out, subset=50, seed=3)
+        prepare(raw_dir=raw, out_dir=tmp_path / out, params=PrepareParams(subset=50, seed=3))
     for name in ("manifest.json", "train_images.npy", "train_labels.npy", "test_images.npy"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_idx_dataset_infers_class_count(tmp_path):
     raw = write_raw(tmp_path / "raw", dataset="idx", classes=None)
-    manifest = prepare(raw_dir=raw, out_dir=tmp_path / "prepared")
+    manifest = prepare(raw_dir=raw, out_dir=tmp_path / "prepared", params=PrepareParams())
     assert manifest["num_classes"] == 10 and "classes" not in manifest
     assert manifest["dataset"] == "idx"
 
@@ -139,7 +141,7 @@ def test_stratified_subset_is_exact_and_seeded():
 
 def test_prepare_subset_keeps_class_balance(tmp_path):
     raw = write_raw(tmp_path / "raw")
-    manifest = prepare(raw_dir=raw, out_dir=tmp_path / "prepared", subset=50, seed=0)
+    manifest = prepare(raw_dir=raw, out_dir=tmp_path / "prepared", params=PrepareParams(subset=50, seed=0))
     assert manifest["train"]["count"] == 50
     assert manifest["train"]["class_histogram"] == [5] * 10
     assert manifest["test"]["count"] == 100  # the test split is never subset
@@ -148,7 +150,7 @@ def test_prepare_subset_keeps_class_balance(tmp_path):
 
 def _assert_fails_without_output(raw: Path, out: Path, match: str) -> None:
     with pytest.raises(IdxError, match=match):
-        prepare(raw_dir=raw, out_dir=out)
+        prepare(raw_dir=raw, out_dir=out, params=PrepareParams())
     assert not out.exists()
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
 
@@ -199,9 +201,9 @@ def test_missing_raw_says_run_download(tmp_path):
 
 def test_failed_prepare_keeps_previous_output(tmp_path):
     raw = write_raw(tmp_path / "raw")
-    prepare(raw_dir=raw, out_dir=tmp_path / "prepared")
+    prepare(raw_dir=raw, out_dir=tmp_path / "prepared", params=PrepareParams())
     before = (tmp_path / "prepared" / "manifest.json").read_bytes()
     (raw / "t10k-images-idx3-ubyte").write_bytes(b"junk")
     with pytest.raises(IdxError):
-        prepare(raw_dir=raw, out_dir=tmp_path / "prepared")
+        prepare(raw_dir=raw, out_dir=tmp_path / "prepared", params=PrepareParams())
     assert (tmp_path / "prepared" / "manifest.json").read_bytes() == before

@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from ganops import metrics as m
+from ganops.metrics import distances, inception
 from ganops.fileio import sha256_file
-from ganops.inception_reference import (
+from ganops.metrics.inception_reference import (
     INCEPTION_REFERENCE_JSON, build_inception_reference, load_inception_reference)
-from ganops.prepared import load_split, manifest_hash
+from ganops.data.prepared import load_split, manifest_hash
 from pipeline_repo import make_pipeline_repo
 
 # MLflow 3.17 itself triggers this SQLAlchemy deprecation when it opens a store.
@@ -79,7 +79,7 @@ def test_enabled_writes_the_pool3_statistics_of_the_test_set(tiny_prepared, tmp_
     assert ref.test_mu.dtype == ref.test_sigma.dtype == np.float64
     assert ref.test_mu.shape == (2048,) and ref.test_sigma.shape == (2048, 2048)
     test_x, _ = load_split(tiny_prepared, "test")
-    mu, sigma = m.gaussian_stats(m.InceptionPool3(weights, processes=1).features(test_x))
+    mu, sigma = distances.gaussian_stats(inception.InceptionPool3(weights, processes=1).features(test_x))
     np.testing.assert_allclose(ref.test_mu, mu, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ref.test_sigma, sigma, rtol=1e-4, atol=1e-6)
 

@@ -1,4 +1,4 @@
-"""ganops.Generator over real ONNX Runtime sessions of freshly exported tiny generators."""
+"""ganops.OnnxGenerator over real ONNX Runtime sessions of freshly exported tiny generators."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +14,7 @@ import torch
 
 import ganops
 from ganops.export import export_onnx
-from ganops.inference import Generator, read_sidecar_sha256
+from ganops.serving.inference import OnnxGenerator, read_sidecar_sha256
 from ganops.networks import Generator as TorchGenerator
 from ganops.networks import NetConfig, load_generator, save_generator
 from ganops.sampling import MAX_SEED, latents, to_uint8
@@ -45,7 +45,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_metadata_round_trip(models):
-    g = Generator.from_onnx(models["cond"])
+    g = OnnxGenerator.from_onnx(models["cond"])
     assert g.z_dim == 16 and g.conditional is True and g.num_classes == 10
     assert g.metadata["classes"] == CLASSES
     assert g.metadata["mlflow_run_id"] == "run-123"  # the caller's lineage wins over generator.json
@@ -56,7 +56,7 @@ def test_metadata_round_trip(models):
     assert g.path == models["cond"]
     assert g.sha256 == hashlib.sha256(models["cond"].read_bytes()).hexdigest()
     assert read_sidecar_sha256(models["cond"]) == g.sha256
-    u = Generator.from_onnx(models["uncond"])
+    u = OnnxGenerator.from_onnx(models["uncond"])
     assert u.conditional is False and u.metadata["conditional"] is False
 
 
@@ -67,12 +67,12 @@ def test_metadata_names_num_classes_only_where_labels_are_an_input(models, tmp_p
     assert props["cond"]["conditional"] == "true" and props["cond"]["num_classes"] == "10"
     # A loader that reads num_classes as "takes a label" must not see it on an unconditional model.
     assert props["uncond"]["conditional"] == "false" and "num_classes" not in props["uncond"]
-    assert Generator.from_onnx(models["uncond"]).num_classes is None
+    assert OnnxGenerator.from_onnx(models["uncond"]).num_classes is None
     # An older export wrote num_classes on every model: it still loads, as what it is.
     old = onnx.load(str(models["uncond"]))
     old.metadata_props.add(key="num_classes", value="10")
     onnx.save(old, str(tmp_path / "old.onnx"))
-    g = Generator.from_onnx(tmp_path / "old.onnx")
+    g = OnnxGenerator.from_onnx(tmp_path / "old.onnx")
     assert (g.conditional, g.num_classes) == (False, None)
     assert g.generate([1]).shape == (1, 28, 28)
     missing = onnx.load(str(models["cond"]))
@@ -81,13 +81,13 @@ def test_metadata_names_num_classes_only_where_labels_are_an_input(models, tmp_p
     missing.metadata_props.extend(kept)
     onnx.save(missing, str(tmp_path / "no-classes.onnx"))
     with pytest.raises(ValueError, match="lacks ganops metadata.*num_classes"):
-        Generator.from_onnx(tmp_path / "no-classes.onnx")
+        OnnxGenerator.from_onnx(tmp_path / "no-classes.onnx")
 
 
 def test_generate_matches_pytorch(models):
     for kind, labels in (("uncond", None), ("cond", np.arange(40) % 10)):
         torch_g, _ = load_generator(models[kind].parent / "gan")
-        g = Generator.from_onnx(models[kind])
+        g = OnnxGenerator.from_onnx(models[kind])
         seeds = list(range(100, 140))
         z = latents(seeds, 16)
         with torch.no_grad():
@@ -102,7 +102,7 @@ def test_generate_matches_pytorch(models):
 
 
 def test_generate_batches_and_one_label_for_all(models):
-    g = Generator.from_onnx(models["cond"])
+    g = OnnxGenerator.from_onnx(models["cond"])
     seeds = list(range(10))
     whole = g.generate(seeds, labels=3)
     assert np.array_equal(whole, g.generate(seeds, labels=[3] * 10, batch_size=3))
@@ -113,20 +113,20 @@ def test_generate_batches_and_one_label_for_all(models):
 def test_providers_auto_is_cpu_here_and_cuda_without_cuda_fails(models):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA; the CPU-only behaviour is not testable here")
-    assert Generator.from_onnx(models["uncond"]).provider == "CPUExecutionProvider"
-    assert Generator.from_onnx(models["uncond"], providers="cpu").provider == "CPUExecutionProvider"
+    assert OnnxGenerator.from_onnx(models["uncond"]).provider == "CPUExecutionProvider"
+    assert OnnxGenerator.from_onnx(models["uncond"], providers="cpu").provider == "CPUExecutionProvider"
     with pytest.raises(ValueError, match="no CUDAExecutionProvider.*serve-gpu"):
-        Generator.from_onnx(models["uncond"], providers="cuda")
+        OnnxGenerator.from_onnx(models["uncond"], providers="cuda")
     with pytest.raises(ValueError, match="providers must be one of auto, cpu, cuda"):
-        Generator.from_onnx(models["uncond"], providers="gpu")
+        OnnxGenerator.from_onnx(models["uncond"], providers="gpu")
 
 
 def test_cuda_provider_is_used_when_present(models):
     if "CUDAExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available():
         pytest.skip("needs onnxruntime-gpu and a CUDA device")
-    g = Generator.from_onnx(models["uncond"], providers="cuda")
+    g = OnnxGenerator.from_onnx(models["uncond"], providers="cuda")
     assert g.provider == "CUDAExecutionProvider"
-    cpu = Generator.from_onnx(models["uncond"], providers="cpu")
+    cpu = OnnxGenerator.from_onnx(models["uncond"], providers="cpu")
     assert np.abs(g.run(latents(range(8), 16)) - cpu.run(latents(range(8), 16))).max() <= 1e-4
 
 
@@ -148,18 +148,18 @@ def test_cuda_provider_is_used_when_present(models):
     ],
 )
 def test_generate_validation(models, kind, seeds, labels, message):
-    g = Generator.from_onnx(models[kind])
+    g = OnnxGenerator.from_onnx(models[kind])
     with pytest.raises(ValueError, match=message):
         g.generate(seeds, labels)
 
 
 def test_largest_seed_and_numpy_ints_are_accepted(models):
-    g = Generator.from_onnx(models["uncond"])
+    g = OnnxGenerator.from_onnx(models["uncond"])
     assert g.generate([MAX_SEED, np.int64(5)]).shape == (2, 28, 28)
 
 
 def test_run_validation(models):
-    g = Generator.from_onnx(models["uncond"])
+    g = OnnxGenerator.from_onnx(models["uncond"])
     with pytest.raises(ValueError, match=r"z must have shape \[N >= 1, 16\], got \[2, 15\]"):
         g.run(np.zeros((2, 15), dtype=np.float32))
     with pytest.raises(ValueError, match="z must have shape"):
@@ -171,18 +171,18 @@ def test_run_validation(models):
 
 
 def test_dynamic_batch(models):
-    g = Generator.from_onnx(models["cond"])
+    g = OnnxGenerator.from_onnx(models["cond"])
     for n in (1, 3, 17):
         assert g.run(latents(range(n), 16), np.zeros(n, dtype=np.int64)).shape == (n, 1, 28, 28)
 
 
 def test_bad_files(tmp_path, models):
     with pytest.raises(FileNotFoundError, match="dvc repro export"):
-        Generator.from_onnx(tmp_path / "missing.onnx")
+        OnnxGenerator.from_onnx(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.onnx is not a loadable ONNX model"):
-        Generator.from_onnx(junk)
+        OnnxGenerator.from_onnx(junk)
 
 
 def test_read_sidecar_sha256(tmp_path):
@@ -202,7 +202,7 @@ _CHILD = """
 import hashlib, sys
 import ganops
 from ganops.sampling import latent
-g = ganops.Generator.from_onnx(sys.argv[1])
+g = ganops.OnnxGenerator.from_onnx(sys.argv[1])
 print(hashlib.sha256(latent(7, 16).tobytes()).hexdigest(), hashlib.sha256(g.generate([7]).tobytes()).hexdigest())
 """
 
@@ -215,7 +215,7 @@ def test_same_seed_same_bytes_in_two_processes(models):
         done = subprocess.run([sys.executable, "-c", _CHILD, str(models["uncond"])],
                               capture_output=True, text=True, env=env, timeout=120, check=True)
         outputs.append(done.stdout.split())
-    g = Generator.from_onnx(models["uncond"])
+    g = OnnxGenerator.from_onnx(models["uncond"])
     here = [hashlib.sha256(latents([7], 16)[0].tobytes()).hexdigest(),
             hashlib.sha256(g.generate([7]).tobytes()).hexdigest()]
     assert outputs[0] == outputs[1] == here
@@ -223,7 +223,7 @@ def test_same_seed_same_bytes_in_two_processes(models):
 
 def test_inference_module_imports_no_torch():
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, ganops.inference; "
+        [sys.executable, "-c", "import sys, ganops.serving.inference; "
          "print(' '.join(m for m in ('torch', 'mlflow', 'dvc', 'onnx') if m in sys.modules))"],
         capture_output=True, text=True, timeout=60, check=True,
     )

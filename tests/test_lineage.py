@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from ganops.params import LINEAGE_SECTIONS, params_hash, parse
+from ganops.lineage import model_lineage_tags
 from ganops.tracking import (
     Tracker,
     TrackingError,
     find_run,
-    model_lineage_tags,
     run_name,
     store_description,
     write_run_id,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ganops import losses
+from ganops.training import losses
 
 REAL = torch.tensor([2.0, -1.0, 0.0])
 FAKE = torch.tensor([-3.0, 0.5, 1.0])

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from ganops.params import flatten, load
-from ganops.prepared import manifest_hash
+from ganops.data.prepared import manifest_hash
 from pipeline_repo import available_stages, background, free_port, make_pipeline_repo, wait_http
 
 pytestmark = [

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from _serving import running, shared_model
 
-from ganops.inference import Generator
-from ganops.serve_app import create_app
-from ganops.serve_config import ServeParams
+from ganops.serving.inference import OnnxGenerator
+from ganops.serving.app import create_app
+from ganops.params import ServeParams
 
 SCHEMATHESIS = Path(sys.executable).parent / "st"
 
@@ -27,7 +27,7 @@ def models() -> dict[str, Path]:
 
 
 def test_documented_errors_and_methods(models):
-    app = create_app(generator=Generator.from_onnx(models["cond"], providers="cpu"),
+    app = create_app(generator=OnnxGenerator.from_onnx(models["cond"], providers="cpu"),
                      config=ServeParams(providers="cpu"), api_key=None)
     with running(app) as url:
         spec = httpx.get(f"{url}/openapi.json").json()
@@ -50,7 +50,7 @@ def test_documented_errors_and_methods(models):
 def test_schemathesis_finds_no_failures(models, tmp_path, kind, api_key):
     if not SCHEMATHESIS.exists():
         pytest.fail(f"{SCHEMATHESIS} missing: install requirements.lock (schemathesis is pinned there)")
-    app = create_app(generator=Generator.from_onnx(models[kind], providers="cpu"),
+    app = create_app(generator=OnnxGenerator.from_onnx(models[kind], providers="cpu"),
                      config=ServeParams(providers="cpu"), api_key=api_key)
     with running(app) as url:
         cmd = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "all", "--mode", "all",

@@ -13,8 +13,8 @@ import numpy as np
 import yaml
 
 from conftest import REPO, synthetic_images
-from ganops.idx import encode
-from ganops.prepared import load_split
+from ganops.data.idx import encode
+from ganops.data.prepared import load_split
 
 STAGES = ("download", "prepare")
 

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from ganops import augment, losses, runtime
+from ganops.training import augment, device, losses
 from ganops.networks import Discriminator, Generator, NetConfig, ResizeConv
 from ganops.params import TrainParams
-from ganops.schedules import ema_beta, lr_scale
-from ganops.training import BN_BATCH, _ema_update, _recompute_bn_stats
+from ganops.training.schedules import ema_beta, lr_scale
+from ganops.training.loop import BN_BATCH, _ema_update, _recompute_bn_stats
 
 
 def _images(b: int = 6) -> torch.Tensor:
@@ -162,28 +162,28 @@ def test_r1_is_the_squared_input_gradient_norm():
 
 
 def test_device_and_precision_choices_fail_clearly_where_they_cannot_run():
-    assert runtime.pick_device("cpu", local_rank=3, local_world=8).type == "cpu"
+    assert device.pick_device("cpu", local_rank=3, local_world=8).type == "cpu"
     with pytest.raises(ValueError, match="unknown train.device 'tpu'"):
-        runtime.pick_device("tpu", local_rank=0, local_world=1)
+        device.pick_device("tpu", local_rank=0, local_world=1)
     if not torch.cuda.is_available():
-        assert runtime.pick_device("auto", local_rank=1, local_world=2).type == "cpu"
+        assert device.pick_device("auto", local_rank=1, local_world=2).type == "cpu"
         with pytest.raises(ValueError, match="CUDA is not available"):
-            runtime.pick_device("cuda", local_rank=0, local_world=1)
+            device.pick_device("cuda", local_rank=0, local_world=1)
     else:
         with pytest.raises(ValueError, match="--nproc_per_node"):
-            runtime.pick_device("cuda", local_rank=0, local_world=torch.cuda.device_count() + 1)
+            device.pick_device("cuda", local_rank=0, local_world=torch.cuda.device_count() + 1)
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
-        runtime.resolve_precision("fp16", cpu, announce=False)
-    assert runtime.resolve_precision("fp32", cpu, announce=False) == "fp32"
+        device.resolve_precision("fp16", cpu, announce=False)
+    assert device.resolve_precision("fp32", cpu, announce=False) == "fp32"
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert runtime.resolve_precision("auto", cpu, announce=False) == ("bf16" if native else "fp32")
-    assert not runtime.grad_scaler("bf16", cpu).is_enabled()
+    assert device.resolve_precision("auto", cpu, announce=False) == ("bf16" if native else "fp32")
+    assert not device.grad_scaler("bf16", cpu).is_enabled()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_auto_precision_and_fp16_scaler():
     cuda = torch.device("cuda", 0)
     native = torch.cuda.is_bf16_supported(including_emulation=False)
-    assert runtime.resolve_precision("auto", cuda, announce=False) == ("bf16" if native else "fp16")
-    assert runtime.grad_scaler("fp16", cuda).is_enabled()
+    assert device.resolve_precision("auto", cuda, announce=False) == ("bf16" if native else "fp16")
+    assert device.grad_scaler("fp16", cuda).is_enabled()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ganops import sampling
+from ganops.png import png
 
 
 def test_latent_is_pcg64_standard_normal_float32():
@@ -42,6 +43,6 @@ def test_grid_layout_and_png_roundtrip():
 
     from PIL import Image
 
-    png = sampling.png_bytes(g)
-    assert np.array_equal(np.asarray(Image.open(BytesIO(png))), g)
-    assert png == sampling.png_bytes(g)
+    encoded = png(g)
+    assert np.array_equal(np.asarray(Image.open(BytesIO(encoded))), g)
+    assert encoded == png(g)

@@ -14,10 +14,11 @@ from _serving import port_open, shared_model, wait_ready
 from pipeline_repo import free_port
 
 import ganops.params
-import ganops.server as server_module
+import ganops.serving.server as server_module
 from ganops.cli import build_parser
-from ganops.server import ModelVerificationError, verify_model
-from ganops.serve_config import ServeParams, with_env
+from ganops.serving.server import ModelVerificationError, verify_model
+from ganops.params import ServeParams
+from ganops.serving.config import with_env
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,7 @@ def test_one_configuration_type_from_params_env_and_flags(tmp_path, capsys):
 
 
 def test_server_imports_no_torch_dvc_mlflow_or_yaml():
-    code = ("import sys, ganops.server, ganops.cli; "
+    code = ("import sys, ganops.serving.server, ganops.cli; "
             "bad = [m for m in ('torch', 'dvc', 'mlflow', 'yaml') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_env())
     assert out.stdout.strip() == "[]", out.stderr

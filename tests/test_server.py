@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from _serving import CLASSES, LINEAGE, decode_png, running, shared_model
 
-from ganops.contract import MAX_JSON_SEED
-from ganops.inference import Generator
-from ganops.interpolation import lerp, slerp
+from ganops.serving.contract import MAX_JSON_SEED
+from ganops.serving.inference import OnnxGenerator
+from ganops.serving.interpolation import lerp, slerp
 from ganops.sampling import MAX_SEED, grid, latent, to_uint8
-from ganops.serve_app import create_app
-from ganops.serve_config import ServeParams
+from ganops.serving.app import create_app
+from ganops.params import ServeParams
 
 CPU = ServeParams(providers="cpu")
 # One client for the module; 30 s, not httpx's 5 s: a loaded CI machine must not fail a test.
@@ -30,11 +30,11 @@ def models() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def generators(models) -> dict[str, Generator]:
-    return {k: Generator.from_onnx(p, providers="cpu") for k, p in models.items()}
+def generators(models) -> dict[str, OnnxGenerator]:
+    return {k: OnnxGenerator.from_onnx(p, providers="cpu") for k, p in models.items()}
 
 
-def make_app(generator: Generator, *, config: ServeParams = CPU, api_key: str | None = None):
+def make_app(generator: OnnxGenerator, *, config: ServeParams = CPU, api_key: str | None = None):
     return create_app(generator=generator, config=config, api_key=api_key)
 
 
@@ -286,7 +286,7 @@ def test_malformed_json_wrong_type_wrong_method_and_huge_bodies(uncond_url):
 
 
 def test_response_headers_stay_small_for_large_requests(generators):
-    g = Generator.from_onnx(generators["uncond"].path, providers="cpu")
+    g = OnnxGenerator.from_onnx(generators["uncond"].path, providers="cpu")
     g.metadata["dataset"] = "d" * 5000  # a long metadata value is cut, not copied into a header
     with running(make_app(g)) as url:
         def header_bytes(body: dict) -> int:

@@ -16,11 +16,11 @@ import pytest
 from _serving import shared_model, wait_ready
 from pipeline_repo import free_port
 
-from ganops.batcher import MicroBatcher, ShuttingDown
-from ganops.inference import Generator
+from ganops.serving.batcher import MicroBatcher, ShuttingDown
+from ganops.serving.inference import OnnxGenerator
 from ganops.png import png
 from ganops.sampling import latents, to_uint8
-from ganops.serve_metrics import Metrics
+from ganops.serving.prometheus import Metrics
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,13 @@ def model() -> Path:
     return shared_model(conditional=False, width=32)
 
 
-def _batcher(generator: Generator) -> MicroBatcher:
+def _batcher(generator: OnnxGenerator) -> MicroBatcher:
     return MicroBatcher(generator=generator, max_batch=256, max_wait_ms=0.0, queue_size=64, enabled=True,
                         metrics=Metrics(), encode_png=png)
 
 
 def test_stop_answers_every_waiting_request_and_finishes_the_running_batch(model):
-    g = Generator.from_onnx(model, providers="cpu")
+    g = OnnxGenerator.from_onnx(model, providers="cpu")
 
     async def scenario():
         batcher = _batcher(g)
@@ -58,7 +58,7 @@ def test_stop_answers_every_waiting_request_and_finishes_the_running_batch(model
 
 
 def test_stop_answers_a_batch_that_outlives_the_grace_period(model):
-    g = Generator.from_onnx(model, providers="cpu")
+    g = OnnxGenerator.from_onnx(model, providers="cpu")
 
     async def scenario():
         batcher = _batcher(g)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ganops.export import export_onnx
-from ganops.inference import Generator
+from ganops.serving.inference import OnnxGenerator
 from ganops.networks import Generator as TorchGenerator
 from ganops.networks import NetConfig, save_generator
 from ganops.sampling import grid
@@ -91,13 +91,13 @@ def _check_server(base: str, model: Path) -> None:
     response = httpx.get(f"{base}/v1/images/0.png", timeout=30)
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(response.content)) as im:
-        assert np.array_equal(np.asarray(im), Generator.from_onnx(model).generate([0])[0])
+        assert np.array_equal(np.asarray(im), OnnxGenerator.from_onnx(model).generate([0])[0])
 
 
 def test_inference_path_imports_no_torch_dvc_mlflow(model, tmp_path):
     py = [sys.executable, "-X", "importtime"]
     api = subprocess.run(
-        [*py, "-c", "import ganops; ganops.Generator; import ganops.cli, ganops.server; "
+        [*py, "-c", "import ganops; ganops.OnnxGenerator; import ganops.cli, ganops.serving.server; "
          "ganops.cli.build_parser()"],
         capture_output=True, text=True, env=ENV, timeout=120, check=True,
     )
@@ -158,7 +158,7 @@ def test_fresh_slim_venv_generates_and_serves(model, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     with Image.open(tmp_path / "grid.png") as im:
-        assert np.array_equal(np.asarray(im), grid(Generator.from_onnx(model).generate(range(8))))
+        assert np.array_equal(np.asarray(im), grid(OnnxGenerator.from_onnx(model).generate(range(8))))
 
     port = _free_port()
     with _serving([str(bin_dir / "ganops"), "serve", "--model", str(deployed / "generator.onnx"),

@@ -28,7 +28,7 @@ def _imported(tree: ast.Module, *, package: str, src: Path) -> set[str]:
     skip: set[int] = set()
     for node in tree.body:
         # PEP 562: a module-level __getattr__ runs only when its attribute is used (ganops.Generator:
-        # stages that need it import ganops.inference themselves), so its imports are not followed.
+        # stages that need it import ganops.serving.inference themselves), so its imports are not followed.
         if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
             skip.update(id(n) for n in ast.walk(node))
     found: set[str] = set()
@@ -42,7 +42,7 @@ def _imported(tree: ast.Module, *, package: str, src: Path) -> set[str]:
             if node.level:  # from . import x / from .x import y
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join([*base, *([node.module] if node.module else [])])
-            # `from ganops import metrics` imports the submodule ganops.metrics when there is one.
+            # `from ganops import metrics` imports the submodule ganops.metrics.distances when there is one.
             names = [target, *(f"{target}.{a.name}" for a in node.names
                                if module_file(f"{target}.{a.name}", src).is_file())]
         else:
@@ -109,3 +109,61 @@ def test_stage_deps_list_exactly_the_ganops_modules_it_runs(stage: str):
     assert not missing and not extra, (
         f"dvc.yaml stage {stage!r}: deps should list the ganops modules {script} runs.\n"
         f"  add (imported, not listed): {missing}\n  remove (listed, not imported): {extra}")
+
+
+# Modules a stage must not depend on even indirectly: each would rerun the stage for work it never
+# does (an Inception change retraining the GAN, an MLflow change rebuilding the reference).
+# No pipeline stage runs the server; export shares only serving/inference.py, the ONNX I/O names.
+NOT_NEEDED = {
+    "download": ("training/", "metrics/", "serving/", "networks.py", "tracking.py", "lineage.py"),
+    "prepare": ("training/", "metrics/", "serving/", "networks.py", "tracking.py", "lineage.py"),
+    "classifier": ("training/", "serving/", "networks.py", "tracking.py", "lineage.py",
+                   "metrics/inception.py", "metrics/reference.py", "metrics/evaluate.py"),
+    "reference": ("training/", "serving/", "networks.py", "tracking.py", "lineage.py", "plots.py",
+                  "metrics/inception.py", "metrics/inception_reference.py", "metrics/evaluate.py"),
+    "inception_reference": ("training/", "serving/", "networks.py", "tracking.py", "lineage.py",
+                            "metrics/classifier.py", "metrics/reference.py", "metrics/evaluate.py"),
+    "train": ("serving/", "export.py", "metrics/inception.py", "metrics/inception_reference.py",
+              "metrics/evaluate.py"),
+    "evaluate": ("training/", "serving/", "export.py"),
+    "export": ("training/", "metrics/", "serving/app.py", "serving/server.py", "serving/batcher.py"),
+}
+
+
+def test_every_stage_has_a_not_needed_list():
+    assert set(NOT_NEEDED) == set(PIPELINE)
+
+
+@pytest.mark.parametrize("stage", list(PIPELINE))
+def test_stage_does_not_depend_on_modules_it_does_not_need(stage: str):
+    script = PIPELINE[stage]["cmd"].split()[1]
+    used = {p.relative_to(SRC / PACKAGE).as_posix() for p in ganops_modules(REPO / script)}
+    unneeded = sorted(u for u in used if u.startswith(NOT_NEEDED[stage]))
+    assert not unneeded, (
+        f"stage {stage!r} imports {unneeded} (through {script}'s imports), so DVC reruns it when they "
+        "change: cut the module that links them along the stage seam")
+
+
+BANNED_IN_SERVING = ("torch", "torchvision", "yaml", "dvc", "mlflow")
+
+
+def _banned(nodes) -> list[str]:
+    names = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.append(node.module or "")
+    return [n for n in names if n.split(".")[0] in BANNED_IN_SERVING]
+
+
+def test_serving_imports_no_torch_yaml_dvc_or_mlflow():
+    """serving/'s rule, read from the source: none of its modules imports those packages anywhere, and
+    the ganops modules they use import none at module level (params.load imports PyYAML inside it)."""
+    for path in sorted((SRC / PACKAGE / "serving").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        assert not _banned(ast.walk(tree)), f"{path.relative_to(REPO)} imports {_banned(ast.walk(tree))}"
+        for module in ganops_modules(path):
+            top = ast.parse(module.read_text()).body
+            assert not _banned(top), (
+                f"{path.relative_to(REPO)} uses {module.relative_to(REPO)}, which imports {_banned(top)}")

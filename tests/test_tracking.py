@@ -13,11 +13,10 @@ import pytest
 from PIL import Image
 
 from ganops.params import Params, flatten, params_hash, parse
+from ganops.lineage import lineage_tags
 from ganops.tracking import (
-    NullTracker,
     Tracker,
     TrackingError,
-    lineage_tags,
     read_run_id,
     repo_root,
     tracking_uri,
@@ -183,22 +182,6 @@ def test_dvc_exp_name_tags_and_names_run(uri: str, monkeypatch):
     run = mlflow.MlflowClient(uri).get_run(tracker.run_id)
     assert run.data.tags["dvc_exp_name"] == "lucky-lark"
     assert run.info.run_name == "lucky-lark"
-
-
-def test_null_tracker_writes_nothing(uri: str):
-    client = mlflow.MlflowClient(uri)
-    before = len(client.search_runs(
-        [client.get_experiment_by_name("ganops").experiment_id]))
-    tracker = NullTracker.start(run_name="rank1", tags={"a": "b"})
-    tracker.log_params({"train.lr_g": 1})
-    tracker.log_metrics({"loss": 1.0}, step=0)
-    tracker.log_image(np.zeros((2, 2), np.uint8), key="x", step=0)
-    tracker.log_artifact("does-not-matter")
-    tracker.set_tags({"a": "b"})
-    tracker.flush()
-    tracker.close()
-    assert NullTracker.resume("anything").run_id == ""
-    assert len(client.search_runs([client.get_experiment_by_name("ganops").experiment_id])) == before
 
 
 def test_tracking_uri_env_wins(monkeypatch):

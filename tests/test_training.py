@@ -18,8 +18,8 @@ from PIL import Image
 from conftest import REPO, synthetic_images
 from ganops.networks import load_generator
 from ganops.params import flatten, params_hash, parse
-from ganops.prepared import manifest_hash, write_prepared
-from ganops.training import CSV_COLUMNS, _epoch_order, train
+from ganops.data.prepared import manifest_hash, write_prepared
+from ganops.training.loop import CSV_COLUMNS, _epoch_order, train
 
 STAGE = REPO / "stages" / "train.py"
 TINY_MODEL = {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": False}
@@ -91,13 +91,14 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
     G, meta = load_generator(tmp_path / "gan")
     assert meta["config"] == {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True, "num_classes": 10,
                               "g_upsample": "resize", "d_norm": "batch", "depth": 0, "d_projection": "flat"}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # No MLflow run id inside the model: the same weights must give the same bytes.
     assert meta["lineage"] == {
-        "git_commit": meta["lineage"]["git_commit"],
+        "git_commit": head or "unknown",
         "data_manifest_sha256": manifest_hash(tiny_prepared),
         "params_sha256": params_hash(params),
         "params_sha256_sections": "data,prepare,model,train",
         "dataset": "synthetic",
-        "mlflow_run_id": run_id,
     }
     assert meta["classes"] is None and meta["dataset"] == "synthetic"
     # models/gan holds the EMA generator, as does the final checkpoint.
@@ -319,9 +320,49 @@ def test_a_run_extended_from_its_checkpoint_equals_one_trained_that_long(tmp_pat
     _state_equal({**ext, "run_id": None}, {**scratch, "run_id": None})
     for name in ("reports/losses.csv", "reports/samples/epoch_003.png"):
         assert (tmp_path / "ext" / name).read_bytes() == (tmp_path / "scratch" / name).read_bytes(), name
-    # A checkpoint past the requested length is not silently thrown away.
-    with pytest.raises(ValueError, match="past this run's 24 steps: raise train.epochs"):
-        _train(tmp_path / "ext", tiny_prepared, _params(epochs=2))
+
+
+def test_a_shorter_run_after_a_longer_one_restarts_from_its_epoch_snapshot(tmp_path, tiny_prepared, tracking_env,
+                                                                          capfd):
+    # 3 epochs keep epoch_001..003.pt beside last.pt; then epochs=2 must give the 2-epoch model of a
+    # run from scratch, bit for bit, in an MLflow run of its own (not the longer run's).
+    three = _train(tmp_path / "long", tiny_prepared, _params(epochs=3, checkpoint_every=7))
+    ckpt = tmp_path / "long" / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
+    capfd.readouterr()
+    two = _train(tmp_path / "long", tiny_prepared, _params(epochs=2))
+    assert "restarting from epoch_002.pt (step 24)" in capfd.readouterr().err
+    assert two["resumed_at"] == 24 and two["run_id"] != three["run_id"]
+    scratch = _train(tmp_path / "scratch", tiny_prepared, _params(epochs=2))
+    for name in ("gan/generator.pt", "gan/generator.json", "reports/losses.csv", "reports/samples/epoch_002.png"):
+        assert (tmp_path / "long" / name).read_bytes() == (tmp_path / "scratch" / name).read_bytes(), name
+    # The new run holds the snapshot's logged metrics, as the run from scratch does.
+    history = [m.step for m in tracking_env.get_metric_history(two["run_id"], "loss_d")]
+    assert history == [m.step for m in tracking_env.get_metric_history(scratch["run_id"], "loss_d")]
+
+    # Mid-epoch lengths work too: from epoch 1's snapshot, 6 more steps, as 18 steps from scratch.
+    _train(tmp_path / "long", tiny_prepared, _params(max_steps=18))
+    _train(tmp_path / "s18", tiny_prepared, _params(max_steps=18))
+    assert (tmp_path / "long/gan/generator.pt").read_bytes() == (tmp_path / "s18/gan/generator.pt").read_bytes()
+    # Shorter than the first epoch: no snapshot is early enough, so from scratch, said in one line.
+    capfd.readouterr()
+    short = _train(tmp_path / "long", tiny_prepared, _params(max_steps=5))
+    assert short["resumed_at"] == 0
+    assert "no epoch snapshot is at or before it: training from scratch" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_checkpoint_stops_with_the_file_and_the_fix(tmp_path, tiny_prepared, tracking_env, damage):
+    _train(tmp_path, tiny_prepared, _params(epochs=1))
+    last = tmp_path / "ckpt" / "last.pt"
+    blob = last.read_bytes()
+    last.write_bytes(blob[: len(blob) // 2] if damage == "truncated" else b"not a checkpoint\n" * 100)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "mlflow" not in str(p)}
+    with pytest.raises(RuntimeError, match=rf"{last} is not a readable training checkpoint .*"
+                                           rf"delete it to train from scratch \(rm {last}\)"):
+        _train(tmp_path, tiny_prepared, _params(epochs=2))
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "mlflow" not in str(p)}
+    assert after == before  # nothing written, nothing lost: the damaged file is left for the user
 
 
 def test_lr_rampdown_ends_near_zero_and_a_longer_run_starts_over(tmp_path, tiny_prepared, tracking_env):
@@ -352,8 +393,8 @@ def test_recipe_components_train(tmp_path, tiny_prepared, tracking_env, model, t
 
 
 def test_quality_curve_is_logged_per_epoch_to_mlflow_and_quality_csv(tmp_path, tiny_prepared, tracking_env):
-    from ganops.classifier import train_classifier
-    from ganops.evaluation import build_reference
+    from ganops.metrics.classifier import train_classifier
+    from ganops.metrics.evaluate import build_reference
 
     train_classifier(prepared_dir=tiny_prepared, model_dir=tmp_path / "classifier", report_path=tmp_path / "c.json",
                      seed=0, epochs=1, batch_size=32, lr=3e-3, width=8, feature_dim=16)
@@ -370,7 +411,7 @@ def test_quality_curve_is_logged_per_epoch_to_mlflow_and_quality_csv(tmp_path, t
 
     # The curve is a pure function of the EMA generator: the same weights score the same.
     from ganops.networks import load_generator as load
-    from ganops.quality import QualityCurve
+    from ganops.metrics.curve import QualityCurve
     G, _ = load(tmp_path / "gan")
     curve = QualityCurve(tmp_path / "classifier", tmp_path / "reference", num_samples=40, z_dim=16,
                          num_classes=10, conditional=False, device=torch.device("cpu"))

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Generator", "__version__"]
+__all__ = ["OnnxGenerator", "__version__"]
 
 
 def __getattr__(name: str):
     # Imported on first use so that `import ganops` stays light (no onnxruntime, no torch).
-    if name == "Generator":
-        from ganops.inference import Generator
+    if name == "OnnxGenerator":
+        from ganops.serving.inference import OnnxGenerator
 
-        return Generator
+        return OnnxGenerator
     raise AttributeError(f"module 'ganops' has no attribute {name!r}")

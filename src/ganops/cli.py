@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ganops import __version__
+from ganops.params import PROVIDERS
 
 
 class UsageError(ValueError):
@@ -36,8 +37,9 @@ def _run_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ganops.fileio import write_bytes
-    from ganops.inference import Generator
-    from ganops.sampling import grid, png_bytes
+    from ganops.serving.inference import OnnxGenerator
+    from ganops.png import png
+    from ganops.sampling import grid
 
     try:
         seeds = parse_seeds(args.seeds)
@@ -47,14 +49,14 @@ def _run_generate(args: argparse.Namespace) -> int:
             raise UsageError(f"--out {args.out}: give a .png file for a grid or a directory/ for one PNG per seed")
         if args.ncol < 1:
             raise UsageError(f"--ncol must be at least 1, got {args.ncol}")
-        generator = Generator.from_onnx(args.model, providers=args.providers)
+        generator = OnnxGenerator.from_onnx(args.model, providers=args.providers)
         images = generator.generate(seeds, labels=args.label)
         if per_seed:
             for seed, image in zip(seeds, images):
-                write_bytes(out / f"seed_{seed:04d}.png", png_bytes(image))
+                write_bytes(out / f"seed_{seed:04d}.png", png(image))
             wrote = f"{len(seeds)} PNGs to {out}/ (seed_{seeds[0]:04d}.png ...)"
         else:
-            write_bytes(out, png_bytes(grid(images, ncol=args.ncol)))
+            write_bytes(out, png(grid(images, ncol=args.ncol)))
             wrote = f"a grid of {len(seeds)} images to {out}"
     except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
         print(f"ganops generate: error: {e}", file=sys.stderr)
@@ -86,7 +88,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", required=True,
                    help="x.png writes one grid; dir/ (or an existing directory) writes seed_0007.png per seed")
     p.add_argument("--ncol", type=int, default=8, help="grid columns (default: %(default)s)")
-    p.add_argument("--providers", choices=("auto", "cpu", "cuda"), default="auto",
+    p.add_argument("--providers", choices=PROVIDERS, default="auto",
                    help="ONNX Runtime device: auto uses CUDA when onnxruntime-gpu has it, else CPU; "
                    "cuda without CUDA is an error (default: %(default)s)")
     p.set_defaults(run=_run_generate)
@@ -112,8 +114,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from ganops.serve_config import ServeParams, api_key_from_env, with_env
-    from ganops.server import ModelVerificationError, serve
+    from ganops.params import ServeParams
+    from ganops.serving.config import api_key_from_env, with_env
+    from ganops.serving.server import ModelVerificationError, serve
 
     try:
         config = ServeParams()
@@ -164,7 +167,7 @@ def _add_serve(sub) -> None:
                    help="one ONNX Runtime call per request (the benchmark's baseline)")
     p.add_argument("--cache-max-age-s", type=int,
                    help="Cache-Control max-age of the model-versioned image URLs (default one year)")
-    p.add_argument("--providers", choices=("auto", "cpu", "cuda"), help="ONNX Runtime providers (default auto)")
+    p.add_argument("--providers", choices=PROVIDERS, help="ONNX Runtime providers (default auto)")
     p.add_argument("--ort-threads", type=int,
                    help="ONNX Runtime intra-op threads; 0 = one per core (default 1: the event loop needs a core)")
     p.add_argument("--expect-sha256", metavar="HEX", help="the model's expected SHA-256 [GANOPS_MODEL_SHA256]")

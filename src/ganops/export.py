@@ -12,14 +12,15 @@ import torch
 
 import ganops
 from ganops.fileio import sha256_file, write_bytes, write_json
-from ganops.inference import INPUT_LABEL, INPUT_Z, OUTPUT_IMAGE
+from ganops.serving.inference import INPUT_LABEL, INPUT_Z, OUTPUT_IMAGE, RUN_SIDECAR
 from ganops.networks import load_generator
 from ganops.params import MIN_OPSET, ExportParams
 from ganops.sampling import latents
 
 REGISTERED_MODEL = "ganops-generator"
 # Lineage keys copied from generator.json's "lineage" into the ONNX metadata_props.
-LINEAGE_KEYS = ("git_commit", "data_manifest_sha256", "params_sha256", "dataset", "mlflow_run_id")
+# No MLflow run id: it goes beside the file (<onnx>.run.json), so identical weights give identical bytes.
+LINEAGE_KEYS = ("git_commit", "data_manifest_sha256", "params_sha256", "dataset")
 
 
 class ParityError(RuntimeError):
@@ -115,7 +116,7 @@ def export_onnx(*, model_dir: str | Path, onnx_path: str | Path, opset: int, lin
                 parity_seeds: int = 256, parity_atol: float = 1e-4) -> dict:
     """models/gan -> one ONNX file plus `<onnx_path>.sha256`, written only if parity holds.
 
-    `lineage` (e.g. {"mlflow_run_id": ...}) overrides generator.json's lineage in the metadata.
+    `lineage` (e.g. {"dataset": ...}) overrides generator.json's lineage in the metadata.
     Returns the facts for reports/export.json. Raises ParityError when ONNX Runtime and PyTorch
     differ by more than `parity_atol` on `parity_seeds` seeds; nothing is written then.
     """
@@ -156,64 +157,40 @@ def export_onnx(*, model_dir: str | Path, onnx_path: str | Path, opset: int, lin
     }
 
 
-def register_onnx(*, onnx_path: str | Path, run_id: str, sha256: str, register: bool) -> int | None:
-    """Log the ONNX model (onnx flavor) to the training run; with `register`, as a new version of
-    ganops-generator. Re-exporting the same bytes for the same run reuses its version.
-    Returns the registered version, or None when not registering.
-    """
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from ganops.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    client = mlflow.MlflowClient()
-    if register:
-        for version in client.search_model_versions(f"name='{REGISTERED_MODEL}' and run_id='{run_id}'"):
-            if version.tags.get("model_sha256") == sha256:
-                return int(version.version)
+def register_onnx(*, tracker, onnx_path: str | Path, sha256: str, register: bool) -> int | None:
+    """Log the ONNX model to the tracker's run; with `register`, as a version of ganops-generator
+    (re-exporting the same bytes for the same run reuses its version). Returns the version or None."""
     model = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in model.metadata_props}
     z_dim, conditional = int(props["z_dim"]), props["conditional"] == "true"
-    example = {INPUT_Z: np.zeros((1, z_dim), dtype=np.float32)}
+    inputs = {INPUT_Z: np.zeros((1, z_dim), dtype=np.float32)}
     if conditional:
-        example[INPUT_LABEL] = np.zeros(1, dtype=np.int64)
-    signature = infer_signature(example, {OUTPUT_IMAGE: np.zeros((1, 1, 28, 28), dtype=np.float32)})
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.onnx.log_model(
-            model,
-            name="onnx-generator",
-            signature=signature,
-            save_as_external_data=False,
-            registered_model_name=REGISTERED_MODEL if register else None,
-            metadata={"sha256": sha256, **props},
-        )
-        mlflow.set_tags({"onnx_sha256": sha256})
-    if not register:
-        return None
-    version = info.registered_model_version
-    client.set_model_version_tag(REGISTERED_MODEL, str(version), "model_sha256", sha256)
-    return int(version)
+        inputs[INPUT_LABEL] = np.zeros(1, dtype=np.int64)
+    outputs = {OUTPUT_IMAGE: np.zeros((1, 1, 28, 28), dtype=np.float32)}
+    return tracker.log_onnx_model(model, name="onnx-generator", inputs=inputs, outputs=outputs, metadata=props,
+                                  registered_name=REGISTERED_MODEL if register else None, sha256=sha256)
 
 
 def run_export(*, model_dir: str | Path, run_file: str | Path, onnx_path: str | Path,
                report_path: str | Path, params: ExportParams) -> dict:
-    """The export stage: export with parity gate, log/register in MLflow, write reports/export.json.
+    """The export stage: export with parity gate, log/register in MLflow, write reports/export.json
+    and `<onnx_path>.run.json` (the run and version; kept out of the ONNX file so that the same
+    weights give the same bytes and sha256).
 
-    The ONNX metadata names the training run; when the store lacks it, the model is logged and
-    registered in a new run tagged with its id (Tracker.for_stage) rather than the export lost.
+    When the store lacks the training run, the model is logged and registered in a new run tagged
+    with its id (Tracker.for_stage) rather than the export lost.
     """
-    from ganops.tracking import Tracker, find_run, model_lineage_tags, read_run_id
+    from ganops.lineage import model_lineage_tags
+    from ganops.tracking import Tracker, find_run, read_run_id
 
     run_id = read_run_id(run_file)
     find_run(run_id)  # raises when the store is unusable, before the export rather than after it
     _, meta = load_generator(model_dir)
-    report = export_onnx(model_dir=model_dir, onnx_path=onnx_path, opset=params.opset,
-                         lineage={"mlflow_run_id": run_id}, parity_seeds=params.parity_seeds,
-                         parity_atol=params.parity_atol)
+    report = export_onnx(model_dir=model_dir, onnx_path=onnx_path, opset=params.opset, lineage={},
+                         parity_seeds=params.parity_seeds, parity_atol=params.parity_atol)
     tracker = Tracker.for_stage(run_id, stage="export", tags=model_lineage_tags(meta))
     try:
-        version = register_onnx(onnx_path=onnx_path, run_id=tracker.run_id, sha256=report["sha256"],
+        version = register_onnx(tracker=tracker, onnx_path=onnx_path, sha256=report["sha256"],
                                 register=params.register)
         tracker.log_metrics({"export.parity_max_abs_diff": report["parity_max_abs_diff"],
                              "export.size_bytes": float(report["size_bytes"])}, step=0)
@@ -221,6 +198,9 @@ def run_export(*, model_dir: str | Path, run_file: str | Path, onnx_path: str | 
         # The training run itself finished; an export failure is reported by the stage, not here.
         tracker.close()
     report.update(registered_model=REGISTERED_MODEL if version is not None else None,
-                  registered_version=version)
+                  registered_version=version, mlflow_run_id=tracker.run_id)
+    write_json(Path(f"{onnx_path}{RUN_SIDECAR}"), {
+        "mlflow_run_id": tracker.run_id, "registered_model": report["registered_model"],
+        "registered_version": version})
     write_json(report_path, report)
     return report

@@ -1,4 +1,4 @@
-"""The one loader of params.yaml: each section becomes a frozen, typed dataclass."""
+"""The one loader of params.yaml: each section becomes a frozen, typed dataclass (PyYAML only inside load)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +8,6 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 
 class ParamsError(ValueError):
@@ -29,6 +27,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DATASETS = ("fashion-mnist", "mnist", "kmnist", "idx")  # datasets.py's catalogue, plus a user's IDX files
 MIN_OPSET = 18  # the dynamo ONNX exporter's lowest supported opset
+PROVIDERS = ("auto", "cpu", "cuda")  # serve.providers: ONNX Runtime's CPU or CUDA provider; auto = CUDA if present
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -205,9 +204,35 @@ class ExportParams:
         _positive("export", self, ("parity_atol",))
 
 
-# The serve section's class is defined beside the server, which must import without PyYAML
-# (a slim serving environment has none); it is the same class here and there.
-from ganops.serve_config import ServeParams  # noqa: E402
+@dataclass(frozen=True)
+class ServeParams:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 64  # most images in one micro-batched ONNX Runtime call
+    max_wait_ms: float = 2.0  # how long a micro-batch waits to fill
+    queue_size: int = 256  # requests waiting; beyond it the server answers 503
+    max_images: int = 256  # per request (and interpolation steps)
+    max_body_bytes: int = 65536
+    micro_batching: bool = True  # false: one ONNX Runtime call per request (the benchmark's baseline)
+    cache_max_age_s: int = 31536000  # max-age of the model-versioned image URLs (they never change)
+    providers: str = "auto"  # ONNX Runtime execution providers: PROVIDERS
+    ort_threads: int = 1  # ONNX Runtime intra-op threads; 0 = one per core (measured: see README)
+
+    def __post_init__(self):
+        for name in ("max_batch", "queue_size", "max_images", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"serve.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_images < 2:
+            raise ParamsError(f"serve.max_images must be at least 2 (an interpolation has two ends), "
+                             f"got {self.max_images}")
+        if self.max_wait_ms < 0 or self.cache_max_age_s < 0 or self.ort_threads < 0:
+            raise ParamsError(
+                "serve.max_wait_ms, serve.cache_max_age_s and serve.ort_threads must be >= 0; got "
+                f"{self.max_wait_ms}, {self.cache_max_age_s}, {self.ort_threads}"
+            )
+        _choice("serve.providers", self.providers, PROVIDERS)
+        if not 0 <= self.port <= 65535:
+            raise ParamsError(f"serve.port must be in [0, 65535], got {self.port}")
 
 
 @dataclass(frozen=True)
@@ -291,6 +316,8 @@ def load(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the repository root or pass its path")
+    import yaml  # here, not at the top: the torch-free serving environment imports ganops.params without PyYAML
+
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

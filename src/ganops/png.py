@@ -1,4 +1,4 @@
-"""PNG encoding of 8-bit grayscale images for the server's hot path: zlib and three chunks, no PIL.
+"""The one PNG encoder (grids, evaluate, the CLI, the server's hot path): zlib and three chunks, no PIL.
 
     png(image)  # uint8 [H, W] -> PNG bytes, the same bytes for the same pixels on every run
 

@@ -1,7 +1,6 @@
 """Seeds to latents and generator outputs to pixels: NumPy only, identical on every runtime."""
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,12 +46,3 @@ def grid(images: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:
         y, x = pad + r * (h + pad), pad + c * (w + pad)
         out[y : y + h, x : x + w] = images[i]
     return out
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode a uint8 grayscale image [H, W] as PNG, deterministically (no timestamps)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buf, format="PNG", optimize=False)
-    return buf.getvalue()

@@ -1,10 +1,9 @@
-"""MLflow tracking: runs, batched metrics, lineage tags, one store at the repo root (also for queued exps)."""
+"""MLflow tracking: runs, batched metrics, run-id files, one store at the repo root (also for queued exps)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -12,15 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ganops.fileio import write_json
-from ganops.params import LINEAGE_SECTIONS, Params, flatten, params_hash
-from ganops.prepared import load_manifest, manifest_hash
-
-# Set before mlflow is imported anywhere through this module: no usage pings from runs or tests.
-os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-os.environ.setdefault("DO_NOT_TRACK", "true")  # mlflow reads only "true"; "1" (Makefile's) is left as is
-# Creating a SQLite store logs alembic migrations at INFO; keep stage output to its one-line summary.
-for _name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+from ganops.lineage import git_commit
+from ganops.params import Params, flatten
 
 DEFAULT_EXPERIMENT = "ganops"
 STORE_NAME = "mlflow.db"
@@ -38,21 +30,17 @@ class TrackingError(RuntimeError):
 
 
 def _mlflow():
-    """Import mlflow lazily: `ganops.tracking` stays cheap to import for code that only reads run ids."""
+    """Import mlflow lazily: `ganops.tracking` stays cheap to import for code that only reads run ids.
+    Importing this module changes nothing; the first use of MLflow sets its quiet defaults."""
+    # No usage pings from runs or tests; mlflow reads only "true" for DO_NOT_TRACK ("1" is left as is).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    # Creating a SQLite store logs alembic migrations at INFO; keep stage output to its one-line summary.
+    for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     import mlflow  # noqa: PLC0415
 
     return mlflow
-
-
-def _git(args: list[str], cwd: str | Path) -> str | None:
-    """stdout of a git command, or None outside a git repo / without git."""
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -201,7 +189,7 @@ class Tracker:
         experiment_id = _experiment_id(client, experiment, uri)
         all_tags = {"dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
         all_tags.update(tags or {})
-        commit = all_tags.get("git_commit") or (_git(["rev-parse", "HEAD"], os.getcwd()) or "").strip()
+        commit = all_tags.get("git_commit") or git_commit(os.getcwd())
         if commit and commit != "unknown":
             all_tags.setdefault("mlflow.source.git.commit", commit)
         run_name = run_name or all_tags["dvc_exp_name"] or None
@@ -310,6 +298,32 @@ class Tracker:
         if tags:
             self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_onnx_model(self, model, *, name: str, inputs: Mapping[str, object], outputs: Mapping[str, object],
+                       metadata: Mapping[str, str], registered_name: str | None, sha256: str) -> int | None:
+        """Log an ONNX ModelProto (MLflow's onnx flavor, signature from example arrays) to this run;
+        with `registered_name`, as a new version tagged `model_sha256`, unless this run already
+        registered the same bytes (then that version). Returns the version, or None."""
+        mlflow = _mlflow()
+        from mlflow.models import infer_signature  # noqa: PLC0415
+
+        if registered_name:
+            query = f"name='{registered_name}' and run_id='{self.run_id}'"
+            for version in self._client.search_model_versions(query):
+                if version.tags.get("model_sha256") == sha256:
+                    return int(version.version)
+        # The flavor's log_model logs into the active run of MLflow's global state: point it at ours.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.onnx.log_model(model, name=name, signature=infer_signature(dict(inputs), dict(outputs)),
+                                         save_as_external_data=False, registered_model_name=registered_name,
+                                         metadata={"sha256": sha256, **metadata})
+        self.set_tags({"onnx_sha256": sha256})
+        if not registered_name:
+            return None
+        version = str(info.registered_model_version)
+        self._client.set_model_version_tag(registered_name, version, "model_sha256", sha256)
+        return int(version)
+
     def flush(self) -> None:
         """Send buffered metrics."""
         while self._metrics:
@@ -353,28 +367,9 @@ def find_run(run_id: str, *, uri: str | None = None) -> bool:
 
 
 class NullTracker:
-    """Tracker that does nothing: for DDP ranks other than 0."""
+    """What the loop logs through, doing nothing: DDP ranks other than 0 hold one instead of a Tracker."""
 
     run_id = ""
-    tracking_uri = ""
-
-    @classmethod
-    def start(
-        cls,
-        *,
-        experiment: str = DEFAULT_EXPERIMENT,
-        run_name: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        uri: str | None = None,
-    ) -> NullTracker:
-        return cls()
-
-    @classmethod
-    def resume(cls, run_id: str, *, uri: str | None = None) -> NullTracker:
-        return cls()
-
-    def log_params(self, params: Mapping[str, object] | Params) -> None:
-        pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
@@ -385,57 +380,11 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
 
-    def set_tags(self, tags: Mapping[str, object]) -> None:
-        pass
-
     def flush(self) -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> None:
         pass
-
-    def __enter__(self) -> NullTracker:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        pass
-
-
-# Files DVC itself rewrites while a pipeline runs: changes to them are not code or config changes.
-_DIRTY_EXCLUDES = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore")
-
-
-def lineage_tags(*, manifest_dir: str | Path, params: Params, repo_dir: str | Path = ".") -> dict[str, str]:
-    """What a model was made from: code commit, uncommitted changes, DVC experiment, data, params.
-
-    params_sha256 hashes only the sections that shape a model (params_sha256_sections names them):
-    changing serve.port or evaluate.seed leaves a model's lineage as it is.
-
-    git_commit/git_dirty are "unknown" outside a git repo. git_dirty counts modified tracked files
-    and untracked, non-ignored files, except dvc.lock and .gitignore files, which DVC rewrites
-    during `dvc repro` itself.
-    """
-    load_manifest(manifest_dir)  # a clear error when prepare has not run
-    head = _git(["rev-parse", "HEAD"], repo_dir)
-    status = _git(["status", "--porcelain", "--", ".", *_DIRTY_EXCLUDES], repo_dir)
-    if head is None or status is None:
-        commit, dirty = "unknown", "unknown"
-    else:
-        commit, dirty = head.strip(), "true" if status.strip() else "false"
-    return {
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        "data_manifest_sha256": manifest_hash(manifest_dir),
-        "params_sha256": params_hash(params),
-        "params_sha256_sections": ",".join(LINEAGE_SECTIONS),
-    }
-
-
-def model_lineage_tags(meta: dict) -> dict[str, str]:
-    """A saved generator's lineage (generator.json) as tags, for a run other than its training run."""
-    lineage = meta.get("lineage", {})
-    return {k: str(v) for k, v in lineage.items() if k != "mlflow_run_id" and v is not None}
 
 
 def write_run_id(path: str | Path, run_id: str, *, uri: str | None = None) -> None:

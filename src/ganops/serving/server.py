@@ -46,7 +46,7 @@ Retry-After and `Connection: close` at once, the batch already running finishes,
 does the process exit.
 
 Imports only numpy, onnxruntime, fastapi/starlette, uvicorn, prometheus_client and the standard
-library (through ganops.inference and ganops.sampling): a slim deployment has no torch, dvc, mlflow.
+library (through ganops.serving.inference and ganops.sampling): a slim deployment has no torch, dvc, mlflow.
 """
 from __future__ import annotations
 
@@ -57,11 +57,11 @@ from pathlib import Path
 
 import uvicorn
 
-from ganops.inference import Generator, read_sidecar_sha256
-from ganops.serve_app import create_app
-from ganops.serve_config import ServeParams
+from ganops.serving.inference import OnnxGenerator, read_sidecar_sha256
+from ganops.serving.app import create_app
+from ganops.params import ServeParams
 
-log = logging.getLogger("ganops.server")
+log = logging.getLogger("ganops.serving.server")
 
 
 class ModelVerificationError(RuntimeError):
@@ -135,7 +135,7 @@ def serve(*, model_path: str | Path, config: ServeParams, api_key: str | None,
     so a refused model never binds the port)."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     digest = verify_model(model_path=model_path, expect_sha256=expect_sha256, verify=verify)
-    generator = Generator.from_onnx(model_path, providers=config.providers,
+    generator = OnnxGenerator.from_onnx(model_path, providers=config.providers,
                                     intra_op_threads=config.ort_threads)
     if generator.sha256 != digest:
         raise ModelVerificationError(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ganops.params import PROVIDERS
 from ganops.sampling import MAX_SEED, latents, to_uint8
 
 # The graph's names; export.py writes them and the server relies on them.
@@ -18,9 +19,25 @@ INPUT_Z = "z"
 INPUT_LABEL = "label"
 OUTPUT_IMAGE = "image"
 
-PROVIDERS = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
+
+
+RUN_SIDECAR = ".run.json"  # <model>.run.json: the MLflow run and registry version that made it (export writes it)
+
+
+def read_sidecar_run(model_path: str | Path) -> dict[str, str]:
+    """`<model_path>.run.json` ({"mlflow_run_id", "registered_version", ...}) as strings, or {} when absent.
+
+    The run id is kept beside the model, not inside it, so identical weights give an identical file;
+    a malformed sidecar only loses the lineage header, never the model.
+    """
+    sidecar = Path(f"{model_path}{RUN_SIDECAR}")
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in data.items() if v is not None} if isinstance(data, dict) else {}
 
 
 def read_sidecar_sha256(model_path: str | Path) -> str | None:
@@ -76,8 +93,8 @@ def _decode_metadata(props: dict[str, str], path: Path) -> dict:
     return meta
 
 
-class Generator:
-    """An exported generator: `Generator.from_onnx("models/generator.onnx").generate([0, 1, 2])`.
+class OnnxGenerator:
+    """An exported generator: `OnnxGenerator.from_onnx("models/generator.onnx").generate([0, 1, 2])`.
 
     One ONNX Runtime session; `run` and `generate` may be called from several threads at once.
     """
@@ -87,7 +104,8 @@ class Generator:
         self.path = path
         self.sha256 = sha256
         props = session.get_modelmeta().custom_metadata_map
-        self.metadata = _decode_metadata(props, path)
+        # Older exports carry mlflow_run_id inside the file; newer ones beside it (read_sidecar_run).
+        self.metadata = {**read_sidecar_run(path), **_decode_metadata(props, path)}
         self.z_dim: int = self.metadata["z_dim"]
         self.num_classes: int | None = self.metadata["num_classes"]  # None: no label input
         self.conditional: bool = self.metadata["conditional"]
@@ -103,7 +121,7 @@ class Generator:
     @classmethod
     def from_onnx(
         cls, path: str | Path, providers: str = "auto", *, intra_op_threads: int = 0
-    ) -> Generator:
+    ) -> OnnxGenerator:
         """Load `path` on "auto" (CUDA when this onnxruntime has it, else CPU), "cpu" or "cuda".
 
         "cuda" without a CUDA-capable onnxruntime raises ValueError; CUDA that is available but
@@ -192,4 +210,4 @@ class Generator:
 
     def __repr__(self) -> str:
         kind = f"conditional, {self.num_classes} classes" if self.conditional else "unconditional"
-        return f"Generator({str(self.path)!r}, z_dim={self.z_dim}, {kind}, provider={self.provider})"
+        return f"OnnxGenerator({str(self.path)!r}, z_dim={self.z_dim}, {kind}, provider={self.provider})"

@@ -6,8 +6,8 @@ from collections.abc import Collection
 
 from fastapi.responses import JSONResponse
 
-from ganops.batcher import ShuttingDown
-from ganops.serve_metrics import Metrics
+from ganops.serving.batcher import ShuttingDown
+from ganops.serving.prometheus import Metrics
 
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

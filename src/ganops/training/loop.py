@@ -14,12 +14,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from ganops import checkpoints, losses, plots, quality, runtime, sampling, schedules, tracking
-from ganops.augment import diff_augment
+from ganops import lineage, plots, sampling, tracking
+from ganops.metrics.curve import QualityCurve
+from ganops.png import png
+from ganops.training import checkpoints, losses, schedules
+from ganops.training.device import autocast_factory, grad_scaler, resolve_precision, training_process
+from ganops.training.augment import diff_augment
 from ganops.fileio import atomic_dir, write_bytes
 from ganops.networks import Discriminator, Generator, NetConfig, save_generator
 from ganops.params import Params, flatten
-from ganops.prepared import load_manifest, load_split
+from ganops.data.prepared import load_manifest, load_split
 
 GRID_SEEDS = range(64)  # the fixed latents of every sample grid: seeds 0..63, 8 per row
 GRID_COLUMNS = 8
@@ -54,10 +58,10 @@ def train(
     mp, tp = params.model, params.train  # their values were checked when Params was built
     prepared_dir, checkpoint_dir, report_dir = Path(prepared_dir), Path(checkpoint_dir), Path(report_dir)
     manifest = load_manifest(prepared_dir)
-    with runtime.training_process(tp.device) as proc:
+    with training_process(tp.device) as proc:
         rank, world, device = proc.rank, proc.world, proc.device
         main = rank == 0
-        precision = runtime.resolve_precision(tp.precision, device, announce=main)
+        precision = resolve_precision(tp.precision, device, announce=main)
         images, labels = _load_images(prepared_dir, device)
         n, batch = images.shape[0], tp.batch_size
         cfg = NetConfig.from_params(mp, int(manifest["num_classes"]))
@@ -71,7 +75,7 @@ def train(
         if tp.max_steps:
             total = min(total, tp.max_steps)
         # Loaded before training: a missing classifier must not fail the run after its first epoch.
-        curve = quality.QualityCurve(
+        curve = QualityCurve(
             classifier_dir, reference_dir, num_samples=tp.curve_samples, z_dim=cfg.z_dim,
             num_classes=cfg.num_classes, conditional=cfg.conditional, device=device,
         ) if tp.curve_samples and main else None
@@ -83,31 +87,27 @@ def train(
         opt_g = torch.optim.Adam(G.parameters(), lr=tp.lr_g, betas=tuple(tp.betas_g), fused=True)
         opt_d = torch.optim.Adam(D.parameters(), lr=tp.lr_d, betas=tuple(tp.betas_d), fused=True)
         # One loss scaler per network (fp16 only; no-ops otherwise): their gradients differ in scale.
-        scaler_g, scaler_d = runtime.grad_scaler(precision, device), runtime.grad_scaler(precision, device)
+        scaler_g, scaler_d = grad_scaler(precision, device), grad_scaler(precision, device)
         checkpoints.seed_all(tp.seed + rank)
 
         config_hash = checkpoints.config_hash(mp, tp, prepared_dir, world, total_steps=total)
         ckpt_path = checkpoint_dir / checkpoints.CHECKPOINT_NAME
-        state = checkpoints.load(ckpt_path, config_hash, rank=rank, world=world)
+        # A shorter run than last.pt's restarts from an epoch snapshot (then it is a run of its own).
+        state, same_run = checkpoints.load(checkpoint_dir, config_hash, total_steps=total, rank=rank, world=world)
         if state is not None:
             for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d"),
                                 (scaler_g, "scaler_g"), (scaler_d, "scaler_d")):
                 module.load_state_dict(state[key])
             checkpoints.set_rng_state(state["rng"][rank])
         start = state["step"] if state else 0
-        if start > total:
-            raise ValueError(
-                f"{ckpt_path} is at step {start}, past this run's {total} steps: raise train.epochs "
-                f"(or train.max_steps), or delete {ckpt_path} to train from scratch"
-            )
         rows: list[dict] = state["rows"] if state else []
         curve_rows: list[dict] = state["curve_rows"] if state else []
         grids: dict[int, torch.Tensor] = state["grids"] if state else {}
         window = state["window"].to(device) if state else torch.zeros(len(METRICS), device=device)
 
         # Lineage is read once, at the start: the model's metadata names what it was trained from.
-        tags = tracking.lineage_tags(manifest_dir=prepared_dir, params=params) if main else {}
-        tracker = _open_tracker(main, state, params=params, tags=tags, report_dir=report_dir)
+        tags = lineage.lineage_tags(manifest_dir=prepared_dir, params=params) if main else {}
+        tracker = _open_tracker(main, state, same_run=same_run, params=params, tags=tags, report_dir=report_dir)
         ddp_devices = [device.index] if device.type == "cuda" else None
         G_train = DDP(G, device_ids=ddp_devices) if world > 1 else G
         D_train = DDP(D, device_ids=ddp_devices) if world > 1 else D
@@ -115,7 +115,7 @@ def train(
         grid_y = _grid_labels(cfg, device)
         bn_z = torch.from_numpy(sampling.latents(BN_SEEDS, cfg.z_dim)).to(device)
         bn_y = torch.arange(len(BN_SEEDS), device=device) % cfg.num_classes if cfg.conditional else None
-        autocast = runtime.autocast_factory(precision, device)
+        autocast = autocast_factory(precision, device)
         augment = functools.partial(diff_augment, policies=tp.augment)
         bar = tqdm(total=total, initial=start, file=sys.stderr, disable=not main, unit="step",
                    dynamic_ncols=True)
@@ -195,12 +195,14 @@ def train(
                         bar.write(f"epoch {epoch + 1}: fid_curve {point['fid_curve']:.2f} "
                                   f"({tp.curve_samples} samples)", file=sys.stderr)
 
-                # Checkpoint last, so a resumed run restarts exactly after this step.
-                if done % tp.checkpoint_every == 0 or done == total:
+                # Checkpoint last, so a resumed run restarts exactly after this step; each epoch's end
+                # is also kept as a snapshot that a shorter run restarts from.
+                if done % tp.checkpoint_every == 0 or done == total or epoch_end:
                     tracker.flush()  # metrics up to here survive a crash; later ones are logged again
                     rng = checkpoints.gather(checkpoints.rng_state(), world)
                     if main:
-                        checkpoints.save(ckpt_path, {
+                        checkpoints.save(ckpt_path, snapshot=checkpoint_dir / checkpoints.snapshot_name(epoch + 1)
+                                         if epoch_end else None, state={
                             "config_hash": config_hash, "step": done, "run_id": tracker.run_id,
                             "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
                             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
@@ -338,7 +340,7 @@ def _sample_grid(G_ema: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None
 
 
 def _write_grid(directory: Path, epoch: int, image: torch.Tensor) -> None:
-    write_bytes(directory / f"epoch_{epoch:03d}.png", sampling.png_bytes(image.numpy()))
+    write_bytes(directory / f"epoch_{epoch:03d}.png", png(image.numpy()))
 
 
 def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id: str, model_dir: Path,
@@ -347,7 +349,8 @@ def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id
     """models/gan (EMA generator + lineage), every sample grid, losses.csv, quality.csv."""
     lineage = {key: tags[key] for key in ("git_commit", "data_manifest_sha256", "params_sha256",
                                           "params_sha256_sections")}
-    lineage.update(dataset=manifest.get("dataset", ""), mlflow_run_id=run_id)
+    # No MLflow run id here: the run is an event, not a cause; the same weights give the same bytes.
+    lineage.update(dataset=manifest.get("dataset", ""))
     save_generator(model_dir, G_ema, extra={
         "lineage": lineage, "classes": manifest.get("classes"), "dataset": manifest.get("dataset", ""),
     })
@@ -382,12 +385,14 @@ def _write_quality_csv(path: Path, rows: list[dict]) -> None:
     write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def _open_tracker(main: bool, state: dict | None, *, params: Params, tags: dict, report_dir: Path):
-    """Rank 0: continue the checkpoint's MLflow run or start one (params, lineage tags); others: no-op."""
+def _open_tracker(main: bool, state: dict | None, *, same_run: bool, params: Params, tags: dict,
+                  report_dir: Path):
+    """Rank 0: continue last.pt's MLflow run, or start one (params, lineage tags; when restarting from
+    an epoch snapshot, the snapshot's logged metrics first); other ranks: a no-op tracker."""
     if not main:
         return tracking.NullTracker()
     tracker = None
-    if state is not None:
+    if state is not None and same_run:
         try:
             tracker = tracking.Tracker.resume(state["run_id"])
         except tracking.TrackingError as e:
@@ -395,5 +400,9 @@ def _open_tracker(main: bool, state: dict | None, *, params: Params, tags: dict,
     if tracker is None:
         tracker = tracking.Tracker.start(tags=tags, run_name=tracking.run_name(params))
         tracker.log_params(flatten(params))
+        for row in state["rows"] if state else []:
+            tracker.log_metrics({m: row[m] for m in METRICS}, step=row["step"])
+        for row in state["curve_rows"] if state else []:
+            tracker.log_metrics({"fid_curve": row["fid_curve"]}, step=row["step"])
     tracking.write_run_id(report_dir / "mlflow_run.json", tracker.run_id)
     return tracker

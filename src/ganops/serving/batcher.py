@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganops.inference import Generator
+from ganops.serving.inference import OnnxGenerator
 from ganops.sampling import to_uint8
-from ganops.serve_metrics import Metrics
+from ganops.serving.prometheus import Metrics
 
 
 class Overloaded(RuntimeError):
@@ -54,7 +54,7 @@ class MicroBatcher:
     `stop()` then resolves whatever is left, so no request is left without an answer.
     """
 
-    def __init__(self, *, generator: Generator, max_batch: int, max_wait_ms: float, queue_size: int,
+    def __init__(self, *, generator: OnnxGenerator, max_batch: int, max_wait_ms: float, queue_size: int,
                  enabled: bool, metrics: Metrics, encode_png: Callable[[np.ndarray], bytes]):
         self.generator = generator
         self.max_batch = max_batch

@@ -1,10 +1,10 @@
 """The FastAPI app over one generator: the /v1 routes, health, metrics, the web page, offline docs.
 
-    app = create_app(generator=Generator.from_onnx(path), config=ServeParams(), api_key=None)
+    app = create_app(generator=OnnxGenerator.from_onnx(path), config=ServeParams(), api_key=None)
 
 Routes are module-level functions; what they share (generator, batcher, contract, limits) is one
-`Service` on `app.state`, built by create_app. The request models and the documented responses
-come from `ganops.contract`, built for this generator, so the OpenAPI document is what the server
+`Service` (serving.service) on `app.state`, built by create_app. The request models and the documented responses
+come from `ganops.serving.contract`, built for this generator, so the OpenAPI document is what the server
 enforces.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import hmac
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -30,26 +29,26 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ganops import __version__
-from ganops.batcher import MicroBatcher, Overloaded, ShuttingDown
-from ganops.contract import (
+from ganops.serving.batcher import MicroBatcher, Overloaded, ShuttingDown
+from ganops.serving.contract import (
     BadJson,
-    Contract,
     ErrorBody,
     ImagesBody,
     MAX_JSON_SEED,
     ValidationErrorBody,
     build_contract,
 )
-from ganops.http_guard import Guard, busy_response, error_response
-from ganops.inference import Generator
-from ganops.interpolation import lerp, slerp
+from ganops.serving.guard import Guard, busy_response, error_response
+from ganops.serving.inference import OnnxGenerator
+from ganops.serving.interpolation import lerp, slerp
 from ganops.png import png
 from ganops.sampling import MAX_SEED, grid, latent, latents
-from ganops.serve_images import LATEST_ROUTE, VERSIONED_ROUTE, latest_image, lean, versioned_image
-from ganops.serve_config import ServeParams
-from ganops.serve_metrics import Metrics
+from ganops.serving.images import LATEST_ROUTE, VERSIONED_ROUTE, latest_image, lean, versioned_image
+from ganops.params import ServeParams
+from ganops.serving.prometheus import Metrics
+from ganops.serving.service import Service, service as _service
 
-log = logging.getLogger("ganops.server")
+log = logging.getLogger("ganops.serving.server")
 STATIC_DIR = Path(__file__).parent / "static"
 # Swagger UI's files, shipped by the fastapi-offline package: /docs works with no network.
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -63,36 +62,6 @@ LINEAGE_HEADERS = {
     "X-Ganops-Dataset": "dataset",
 }
 MAX_HEADER_VALUE = 100  # characters: metadata never makes a header large (proxies cap them at 4-8 KB)
-
-
-@dataclass
-class Service:
-    """What the routes share; one per app, at `app.state.service`."""
-
-    generator: Generator
-    config: ServeParams
-    api_key: str | None
-    batcher: MicroBatcher
-    metrics: Metrics
-    contract: Contract
-    lineage: dict[str, str]  # the lineage headers of every image response
-    lineage_raw: list[tuple[bytes, bytes]]  # the same, encoded once for the image GETs
-    classes: list[str]
-    index_html: bytes
-    ready: bool = False
-    warmup_error: str | None = None
-
-    @property
-    def cache_scope(self) -> str:
-        # With a key, a shared cache must not hand protected images to clients without one.
-        return "private" if self.api_key else "public"
-
-    def image_path(self, seed: int | str) -> str:
-        return f"/v1/models/{self.generator.sha256}/images/{seed}.png"
-
-
-def _service(request: Request) -> Service:
-    return request.app.state.service
 
 
 # --- health, metrics, pages -------------------------------------------------------------------
@@ -309,7 +278,7 @@ _BODY_ERRORS = {
 }
 
 
-def create_app(*, generator: Generator, config: ServeParams, api_key: str | None) -> FastAPI:
+def create_app(*, generator: OnnxGenerator, config: ServeParams, api_key: str | None) -> FastAPI:
     """The FastAPI app serving `generator`; micro-batcher and warm-up start with the app's lifespan."""
     meta = generator.metadata
     classes = [str(c) for c in meta.get("classes") or []]

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ganops.fileio import write_bytes, write_json
-from ganops.prepared import load_manifest, load_split, manifest_hash
+from ganops.data.prepared import load_manifest, load_split, manifest_hash
 
 # Bump when the architecture or preprocessing changes: the version string names the feature space
 # that fid, kid, precision, ... are measured in, so numbers from different extractors never mix.

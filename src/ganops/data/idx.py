@@ -1,19 +1,17 @@
-"""IDX files: parse and validate raw images and labels, and the prepare step that turns data/raw into data/prepared.
+"""The IDX file format: parse and validate raw images and labels (data/raw, written by the download stage).
 
 IDX (the MNIST format): a big-endian header (magic, then one uint32 per dimension) followed by the
 data. Images: magic 2051 (unsigned bytes, 3 dims), count x 28 x 28. Labels: magic 2049 (unsigned
-bytes, 1 dim), count. data/raw holds the files decompressed plus sources.json (see ganops.datasets).
+bytes, 1 dim), count. data/raw holds the files decompressed plus sources.json (see ganops.data.datasets).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from ganops.prepared import write_prepared
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -79,22 +77,8 @@ def read_labels(path: str | Path) -> np.ndarray:
     return labels
 
 
-def stratified_subset(labels: np.ndarray, *, size: int, seed: int) -> np.ndarray:
-    """Sorted indices of `size` items, each class kept in proportion (largest remainder), seeded."""
-    n = len(labels)
-    if not 0 < size <= n:
-        raise IdxError(f"prepare.subset in params.yaml is {size} but the train split has {n} images: "
-                       f"use 1..{n}, or 0 to keep all")
-    classes, counts = np.unique(labels, return_counts=True)
-    quota, remainder = np.divmod(counts.astype(np.int64) * size, n)  # exact integer shares
-    short = size - int(quota.sum())
-    quota[np.lexsort((classes, -remainder))[:short]] += 1  # ties go to the lower class
-    rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
-    return np.sort(np.concatenate(picked))
-
-
-def _load_split(raw: Path, split: str, sources: dict) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+def read_split(raw: Path, split: str, sources: dict) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """One split's images, labels and the SHA-256 of each file, checked against data/raw/sources.json."""
     image_name, label_name = SPLIT_FILES[split]
     images, image_blob = _read(raw / image_name, magic=IMAGES_MAGIC, ndim=3, what="images")
     _check_side(raw / image_name, images)
@@ -110,44 +94,3 @@ def _load_split(raw: Path, split: str, sources: dict) -> tuple[np.ndarray, np.nd
             raise IdxError(f"{raw / name}: SHA-256 {checksums[name]} differs from {recorded} in "
                            f"{raw / 'sources.json'}: data/raw changed after download; {_REDOWNLOAD}")
     return images, labels, checksums
-
-
-def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
-    bad = np.flatnonzero(labels >= num_classes)
-    if len(bad):
-        raise IdxError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside 0..{num_classes - 1} "
-                       f"({num_classes} classes): fix the labels file")
-
-
-def prepare(*, raw_dir: str | Path, out_dir: str | Path, subset: int = 0, seed: int = 0) -> dict:
-    """Validate data/raw and write data/prepared (see ganops.prepared); return its manifest.
-
-    The class count is that of the built-in dataset, or for idx the largest train label + 1.
-    `subset` > 0 keeps a stratified, seeded subset of the train split. Same input -> same bytes.
-    """
-    raw = Path(raw_dir)
-    sources_path = raw / "sources.json"
-    if not sources_path.is_file():
-        raise IdxError(f"{sources_path} not found: run the download stage first (dvc repro download)")
-    sources = json.loads(sources_path.read_text())
-    splits, checksums = {}, {}
-    for split in SPLIT_FILES:
-        images, labels, sums = _load_split(raw, split, sources)
-        splits[split] = (images, labels)
-        checksums.update(sums)
-    classes = sources.get("classes")
-    train_labels = splits["train"][1]
-    num_classes = len(classes) if classes else int(train_labels.max(initial=0)) + 1
-    for split, (_, labels) in splits.items():
-        _check_labels(raw / SPLIT_FILES[split][1], labels, num_classes)
-    extra: dict[str, object] = {}
-    if classes:
-        extra["classes"] = list(classes)
-    if subset:
-        keep = stratified_subset(train_labels, size=subset, seed=seed)
-        splits["train"] = (splits["train"][0][keep], train_labels[keep])
-        extra["train_subset"] = {"size": subset, "seed": seed}
-    # Only content checksums go into the manifest (not which mirror served them), so the
-    # manifest, a lineage tag, is the same for the same data.
-    return write_prepared(out_dir, splits=splits, dataset=sources["dataset"], num_classes=num_classes,
-                          sources=dict(sorted(checksums.items())), extra=extra)

@@ -12,18 +12,14 @@ from __future__ import annotations
 import hmac
 import re
 import time
-from typing import TYPE_CHECKING
-
 import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
 
-from ganops.batcher import Overloaded, ShuttingDown
-from ganops.http_guard import busy_response, error_response
+from ganops.serving.batcher import Overloaded, ShuttingDown
+from ganops.serving.guard import busy_response, error_response
 from ganops.sampling import MAX_SEED, latent
-
-if TYPE_CHECKING:
-    from ganops.serve_app import Service
+from ganops.serving.service import Service
 
 LATEST_ROUTE = "/v1/images/{seed}.png"
 VERSIONED_ROUTE = "/v1/models/{sha256}/images/{seed}.png"

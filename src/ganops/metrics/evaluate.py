@@ -1,125 +1,32 @@
-"""The reference and evaluate stages: generated vs real images in the classifier's feature space
-(and, with evaluate.inception, in Inception's: data/inception_reference, see inception_reference.py).
-
-    data/reference/                    (reference stage; a DVC output)
-      reference.json                   test class histogram, sizes, feature_extractor_version, ...
-      test_features.npy                float32 [N, D] real test features (k-NN metrics, KID)
-      test_mu.npy, test_sigma.npy      float64 mean [D] and covariance [D, D] of them (FID)
-      train_features.npy               float32 [N, D] a random same-size sample of the train split
-      train_labels.npy, train_predicted.npy   int64 [N] its labels and the classifier's predictions
-"""
+"""The evaluate stage: generated vs real images in the classifier's feature space (data/reference)
+and, with evaluate.inception, in Inception's (data/inception_reference); the quality gate."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ganops import metrics as m
-from ganops.plots import class_histogram_png
-from ganops.classifier import extract, load_classifier
-from ganops.fileio import atomic_dir, write_bytes, write_json
-from ganops.inception_reference import load_inception_reference
+from ganops.fileio import write_bytes, write_json
+from ganops.lineage import model_lineage_tags
+from ganops.metrics import distances
+from ganops.metrics.classifier import extract, load_classifier
+from ganops.metrics.inception_reference import load_inception_reference
+from ganops.metrics.reference import Reference, load_reference
 from ganops.networks import Generator, load_generator
 from ganops.params import EvaluateParams
-from ganops.prepared import load_manifest, load_split, manifest_hash
-from ganops.sampling import grid, latents, png_bytes, to_uint8
-from ganops.tracking import Tracker, find_run, model_lineage_tags, read_run_id
+from ganops.plots import class_histogram_png
+from ganops.png import png
+from ganops.sampling import grid, latents, to_uint8
+from ganops.tracking import Tracker, find_run, read_run_id
 
-REFERENCE_JSON = "reference.json"
-TRAIN_SAMPLE_SEED = 0  # which train images form the *_real floor sample; fixed so the floor is stable
-GRID_COLUMNS = 10
+GRID_COLUMNS = 10  # evaluate's samples.png: 10 x 10, or one row per class
 
 
 class QualityGateError(RuntimeError):
     """A metric exceeded its limit (evaluate.max_fid)."""
-
-
-# --- reference -----------------------------------------------------------------------------------
-
-
-def build_reference(
-    *,
-    prepared_dir: str | Path,
-    classifier_dir: str | Path,
-    out_dir: str | Path,
-    batch_size: int = 1000,
-) -> dict:
-    """Write the real-data statistics that evaluate compares against (layout in the module doc)."""
-    classifier, cmeta = load_classifier(classifier_dir)
-    manifest = load_manifest(prepared_dir)
-    num_classes = int(manifest["num_classes"])
-    if num_classes != classifier.cfg.num_classes:
-        raise ValueError(
-            f"{prepared_dir} has {num_classes} classes but the classifier in {classifier_dir} was "
-            f"trained on {classifier.cfg.num_classes}: rerun the classifier stage (dvc repro classifier)"
-        )
-    test_x, test_y = load_split(prepared_dir, "test")
-    train_x, train_y = load_split(prepared_dir, "train")
-    n = len(test_y)
-    if len(train_y) < n:
-        raise ValueError(
-            f"{prepared_dir}: the train split ({len(train_y)}) is smaller than the test split ({n}); "
-            "the *_real floor needs a same-size train sample: lower prepare.subset's reduction"
-        )
-    # A random order, so every prefix is itself a random sample (evaluate takes num_samples of it).
-    pick = np.random.Generator(np.random.PCG64(TRAIN_SAMPLE_SEED)).permutation(len(train_y))[:n]
-    test_f, _ = extract(classifier, test_x, batch_size=batch_size, desc="reference: test")
-    train_f, train_pred = extract(classifier, train_x[pick], batch_size=batch_size, desc="reference: train")
-    mu, sigma = m.gaussian_stats(test_f)
-    meta = {
-        "dataset": manifest.get("dataset"),
-        "classes": manifest.get("classes"),
-        "num_classes": num_classes,
-        "num_test": n,
-        "class_histogram": m.class_histogram(test_y, num_classes).tolist(),
-        "train_sample_seed": TRAIN_SAMPLE_SEED,
-        "data_manifest_sha256": manifest_hash(prepared_dir),
-        "feature_extractor_version": cmeta["feature_extractor_version"],
-    }
-    arrays = {
-        "test_features": test_f, "test_mu": mu, "test_sigma": sigma,
-        "train_features": train_f, "train_labels": train_y[pick], "train_predicted": train_pred,
-    }
-    with atomic_dir(out_dir) as tmp:
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-        write_json(tmp / REFERENCE_JSON, meta)
-    return meta
-
-
-@dataclass(frozen=True)
-class Reference:
-    meta: dict
-    test_features: np.ndarray
-    test_mu: np.ndarray
-    test_sigma: np.ndarray
-    train_features: np.ndarray
-    train_labels: np.ndarray
-    train_predicted: np.ndarray
-
-
-def load_reference(directory: str | Path, *, feature_extractor_version: str) -> Reference:
-    """Read data/reference, checking it was made with this classifier (else the numbers would mix)."""
-    directory = Path(directory)
-    path = directory / REFERENCE_JSON
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the reference stage first (dvc repro reference)")
-    meta = json.loads(path.read_text())
-    if meta["feature_extractor_version"] != feature_extractor_version:
-        raise ValueError(
-            f"{directory} was computed with feature extractor {meta['feature_extractor_version']} but "
-            f"the classifier is {feature_extractor_version}: rerun the reference stage (dvc repro reference)"
-        )
-    names = ("test_features", "test_mu", "test_sigma", "train_features", "train_labels", "train_predicted")
-    arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in names}
-    return Reference(meta=meta, **arrays)
-
-
-# --- evaluate ------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -152,18 +59,18 @@ def sample_metrics(
 ) -> tuple[dict[str, float], np.ndarray]:
     """Every feature-space metric of one sample set against the real test set; also its class histogram."""
     num_classes = int(real.meta["num_classes"])
-    mu, sigma = m.gaussian_stats(features)
-    kid_mean, kid_std = m.kid(
+    mu, sigma = distances.gaussian_stats(features)
+    kid_mean, kid_std = distances.kid(
         real.test_features, features,
         subsets=params.kid_subsets, subset_size=params.kid_subset_size, seed=params.seed,
     )
-    hist = m.class_histogram(predicted, num_classes)
+    hist = distances.class_histogram(predicted, num_classes)
     out = {
-        "fid": m.frechet_distance(mu, sigma, real.test_mu, real.test_sigma),
+        "fid": distances.frechet_distance(mu, sigma, real.test_mu, real.test_sigma),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
-        **m.prdc(real.test_features, features, nearest_k=params.nearest_k),
-        "class_coverage": m.class_coverage(hist, np.asarray(real.meta["class_histogram"])),
+        **distances.prdc(real.test_features, features, nearest_k=params.nearest_k),
+        "class_coverage": distances.class_coverage(hist, np.asarray(real.meta["class_histogram"])),
     }
     if labels is not None:
         out["class_accuracy"] = float((predicted == labels).mean())
@@ -207,8 +114,8 @@ def evaluate(
     real = load_reference(reference_dir, feature_extractor_version=version)
     n = min(params.num_samples, len(real.train_features))  # the *_real floor's sample size
     n_real = len(real.test_features)
-    m.check_kid_sizes(n_real=n_real, n_fake=n, subsets=params.kid_subsets, subset_size=params.kid_subset_size)
-    m.check_nearest_k(n_real=n_real, n_fake=n, nearest_k=params.nearest_k)
+    distances.check_kid_sizes(n_real=n_real, n_fake=n, subsets=params.kid_subsets, subset_size=params.kid_subset_size)
+    distances.check_nearest_k(n_real=n_real, n_fake=n, nearest_k=params.nearest_k)
     num_classes = int(real.meta["num_classes"])
     if generator.cfg.num_classes != num_classes:
         raise ValueError(
@@ -221,7 +128,7 @@ def evaluate(
             inception_reference_dir, inception_weights=params.inception_weights,
             data_manifest_sha256=real.meta["data_manifest_sha256"],
         )
-        inception = m.InceptionPool3(inception_real.weights)
+        inception = inception.InceptionPool3(inception_real.weights)
 
     images, labels = generate(
         generator, num_samples=params.num_samples, seed=params.seed, batch_size=params.batch_size
@@ -240,8 +147,8 @@ def evaluate(
     )
     results.update({f"{k}_real": v for k, v in floor.items()})
     if inception is not None:
-        mu, sigma = m.gaussian_stats(inception.features(images, desc="inception"))
-        results["fid_inception"] = m.frechet_distance(
+        mu, sigma = distances.gaussian_stats(inception.features(images, desc="inception"))
+        results["fid_inception"] = distances.frechet_distance(
             mu, sigma, inception_real.test_mu, inception_real.test_sigma
         )
 
@@ -262,7 +169,7 @@ def evaluate(
         "inception_weights_sha256": (
             inception_real.meta["inception_weights_sha256"] if inception_real is not None else None),
     })
-    write_bytes(out_dir / "samples.png", png_bytes(sample_grid))
+    write_bytes(out_dir / "samples.png", png(sample_grid))
     real_hist = np.asarray(real.meta["class_histogram"])
     write_bytes(
         out_dir / "class_histogram.png",

@@ -1,0 +1,1 @@
+"""Data in: the download stage, the IDX format, the prepare stage and the data/prepared format."""

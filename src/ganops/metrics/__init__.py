@@ -1,0 +1,1 @@
+"""Sample quality: the classifier, feature distances, Inception features, the reference, evaluate and the training curve."""
