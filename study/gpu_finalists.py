@@ -1,7 +1,7 @@
 """Train the study's finalists on a GPU and score them (Inception FID included): results.csv + results.json.
 
     python study/gpu_finalists.py --out OUT                         # study/configs.yaml's group `final`
-    python study/gpu_finalists.py --out OUT --only cond20-s0        # some of them
+    python study/gpu_finalists.py --out OUT --only final-deep-s0        # some of them
     python study/gpu_finalists.py --out OUT --dry-run --group screen --only s05-resize   # CPU, ~1 min
 
 Each configuration is params.yaml plus its `section.key=value` overrides (what `dvc exp run -S` takes;
@@ -43,7 +43,8 @@ from ganops import params
 from ganops.metrics.inception import inception_weights_path
 from ganops.metrics.classifier import train_classifier
 from ganops.data.datasets import fetch
-from ganops.metrics.evaluate import build_reference, evaluate
+from ganops.metrics.evaluate import evaluate
+from ganops.metrics.reference import build_reference
 from ganops.fileio import sha256_file, write_json
 from ganops.data.prepare import prepare
 from ganops.metrics.inception_reference import INCEPTION_REFERENCE_JSON, build_inception_reference

@@ -2,7 +2,7 @@
 
     python study/run.py screen              # every configuration of study/configs.yaml's `screen`
     python study/run.py final --jobs 2      # through `dvc exp run --queue`, two at a time
-    python study/run.py final --only cond20-s0
+    python study/run.py final --only final-deep-s0
     python study/run.py final --workspace   # in order in the workspace: 20 epochs resume the 5-epoch run
 
 Each finished experiment appends a row to study/results.csv (its name, the exact command, wall

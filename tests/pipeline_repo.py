@@ -142,22 +142,6 @@ def stage_outputs(stage: dict) -> list[str]:
     return paths
 
 
-def available_stages() -> list[str]:
-    """The main repo's stages, in dvc.yaml order, whose script and library deps all exist.
-
-    Lets a test run "as much of the pipeline as exists" while other stages are being written.
-    """
-    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    produced = {p for stage in pipeline.values() for p in stage_outputs(stage)}
-    ready: list[str] = []
-    for name, stage in pipeline.items():
-        code = [d for d in stage.get("deps", []) if d not in produced]
-        upstream = [u for u, s in pipeline.items() if set(stage_outputs(s)) & set(stage.get("deps", []))]
-        if all((REPO / d).exists() for d in code) and all(u in ready for u in upstream):
-            ready.append(name)
-    return ready
-
-
 def _with_upstream(pipeline: dict, names: list[str]) -> list[str]:
     """`names` plus every stage whose outputs they (transitively) depend on, in dvc.yaml order."""
     unknown = [n for n in names if n not in pipeline]
@@ -203,8 +187,8 @@ def make_pipeline_repo(tmp_path: Path, *, stages: list[str] | None = None,
             if dep in produced:
                 continue
             if not (REPO / dep).exists():
-                raise ValueError(f"stage {name!r} needs {REPO / dep}, which does not exist yet: "
-                                 f"leave {name!r} out of stages= (available: {available_stages()})")
+                raise ValueError(f"dvc.yaml's stage {name!r} lists {REPO / dep}, which does not exist: "
+                                 "fix its deps (tests/test_stage_deps.py says which)")
             if not (root / dep).exists():
                 (root / dep).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(REPO / dep, root / dep)

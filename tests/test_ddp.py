@@ -1,7 +1,9 @@
 """Two-process DDP training on the CPU (gloo) through torchrun: it finishes and rank 0 alone writes."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import os
 import subprocess
 import sys
@@ -45,13 +47,25 @@ def test_torchrun_two_gloo_processes(tmp_path, tiny_prepared):
     assert len(ckpt["rng"]) == 2
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     G, meta = load_generator(tmp_path / "gan")
-    assert meta["lineage"]["mlflow_run_id"] == run_id
+    assert "mlflow_run_id" not in meta["lineage"]  # the run is beside the model (mlflow_run.json), not in it
     assert all(torch.equal(v, ckpt["G_ema"][k]) for k, v in G.state_dict().items())
     assert sorted(p.name for p in (tmp_path / "reports" / "samples").iterdir()) == ["epoch_001.png"]
     assert (tmp_path / "reports" / "losses.csv").read_text().count("\n") == 4  # header + 3 rows
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ckpt", "gan", "mlartifacts", "mlflow.db", "params.yaml", "prepared", "reports",
     ]
+
+
+def _sha256_of_states(*states: dict) -> str:
+    """What training.loop's summary digests: each parameter's name and bytes, in order (no BN buffers)."""
+    digest = hashlib.sha256()
+    for state in states:
+        for name, tensor in state.items():
+            if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                continue
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 RANK_SCRIPT = """
@@ -62,7 +76,7 @@ rank = os.environ["RANK"]
 # Each rank has its own checkpoint directory, as on separate nodes: only rank 0's holds last.pt.
 s = train(params=params.load("params.yaml"), prepared_dir=sys.argv[1], classifier_dir="none",
           reference_dir="none", model_dir="gan", checkpoint_dir=f"ckpt-rank{rank}", report_dir="reports")
-print(f"rank {rank} resumed_at {s['resumed_at']} steps {s['steps']}", flush=True)
+print(f"rank {rank} resumed_at {s['resumed_at']} steps {s['steps']} weights {s['weights_sha256']}", flush=True)
 """
 
 
@@ -86,6 +100,11 @@ def test_multi_node_resume_reads_rank_0s_checkpoint_on_every_rank(tmp_path, tiny
 
     first = run(1)  # 200 images -> 100 per rank -> 10 steps an epoch
     assert "rank 0 resumed_at 0 steps 10" in first and "rank 1 resumed_at 0 steps 10" in first
+    # DDP's point: every rank ends with the same weights, the ones rank 0 saved.
+    digests = dict(re.findall(r"rank (\d) resumed_at \d+ steps \d+ weights ([0-9a-f]{64})", first))
+    ckpt = torch.load(tmp_path / "ckpt-rank0" / "last.pt", weights_only=True)
+    saved = _sha256_of_states(ckpt["G"], ckpt["D"], ckpt["G_ema"])
+    assert digests == {"0": saved, "1": saved}, first
     assert (tmp_path / "ckpt-rank0" / "last.pt").exists() and not (tmp_path / "ckpt-rank1").exists()
     second = run(2)  # without the broadcast, rank 1 would start at 0 and the collectives would hang
     assert "rank 0 resumed_at 10 steps 20" in second and "rank 1 resumed_at 10 steps 20" in second

@@ -16,7 +16,8 @@ from PIL import Image
 
 from conftest import REPO, synthetic_images
 from ganops.metrics.classifier import train_classifier
-from ganops.metrics.evaluate import QualityGateError, build_reference, evaluate, load_reference
+from ganops.metrics.evaluate import QualityGateError, evaluate
+from ganops.metrics.reference import build_reference, load_reference
 from ganops.metrics.inception_reference import build_inception_reference
 from ganops.networks import Generator, NetConfig, save_generator
 from ganops.params import EvaluateParams, parse

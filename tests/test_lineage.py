@@ -200,6 +200,9 @@ def test_evaluate_and_export_carry_on_when_mlflow_db_is_gone(tmp_path: Path):
     assert export_run.data.tags["params_sha256"] == json.loads(
         (repo.path / "models/gan/generator.json").read_text())["lineage"]["params_sha256"]
     report = json.loads((repo.path / "reports/export.json").read_text())
-    assert report["metadata"]["mlflow_run_id"] == train_run_id  # the model still names its training
+    assert "mlflow_run_id" not in report["metadata"]  # not inside the model: its bytes depend on the weights only
+    run_file = json.loads((repo.path / "models/generator.onnx.run.json").read_text())
+    assert run_file["mlflow_run_id"] == report["mlflow_run_id"] == train_run_id  # still names its training
+    assert run_file["model_run_id"] == export_run.info.run_id
     (version,) = client.search_model_versions("name='ganops-generator'")
     assert version.run_id == export_run.info.run_id and report["registered_version"] == int(version.version)

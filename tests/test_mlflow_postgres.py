@@ -23,7 +23,7 @@ from PIL import Image
 
 from ganops.params import flatten, load
 from ganops.data.prepared import manifest_hash
-from pipeline_repo import available_stages, background, free_port, make_pipeline_repo, wait_http
+from pipeline_repo import background, free_port, make_pipeline_repo, wait_http
 
 pytestmark = [
     pytest.mark.slow,
@@ -91,9 +91,8 @@ def shared(postgres, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlflow_postgres")
     port, artifacts, log = free_port(), tmp / "artifacts", tmp / "mlflow-server.log"
     url = f"http://127.0.0.1:{port}"
-    # As far down the pipeline as is written: evaluate and export log into the training run, and
-    # export registers the model in the server's registry.
-    stages = [s for s in ("evaluate", "export") if s in available_stages()] or ["train"]
+    # Evaluate and export log into the training run, and export registers the model in the server's registry.
+    stages = ["evaluate", "export"]
     repo = make_pipeline_repo(tmp, stages=stages, params_overrides={"export.register": True})
     env = {**repo.env, "MLFLOW_TRACKING_URI": url,
            # The GenAI job runners are irrelevant here and slow on 2 cores.
@@ -152,8 +151,6 @@ def test_sample_images_and_losses_are_server_artifacts(shared, tmp_path):
 
 
 def test_export_registers_the_model_on_the_server(shared):
-    if "export" not in shared["stages"]:
-        pytest.skip("the export stage is not written yet")
     client, run = shared["client"], _run(shared)
     (version,) = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
     assert version.version == "1" and version.run_id == run.info.run_id
@@ -163,8 +160,6 @@ def test_export_registers_the_model_on_the_server(shared):
 
 
 def test_evaluation_is_logged_into_the_training_run(shared):
-    if "evaluate" not in shared["stages"]:
-        pytest.skip("the evaluate stage is not written yet")
     client, run = shared["client"], _run(shared)
     metrics = json.loads((shared["repo"].path / "reports/evaluate/metrics.json").read_text())
     assert run.data.metrics["fid"] == pytest.approx(metrics["fid"], rel=1e-12)

@@ -433,6 +433,6 @@ def test_index_page_is_self_contained(uncond_url):
 def test_readyz_turns_ready_after_warm_up(generators):
     # The app's own start-up: /readyz answers 200 only once the warm-up batch has run.
     with running(make_app(generators["cond"])) as url:
-        assert http.get(f"{url}/readyz").json()["status"] == "ready"
+        assert http.get(f"{url}/readyz").json() == {"status": "ready", "model_sha256": generators["cond"].sha256}
         text = http.get(f"{url}/metrics").text
     assert _metric(text, "ganops_batch_size_count") >= 2  # warm-up: one image, then a full batch

@@ -55,12 +55,12 @@ def test_seeds_are_pooled_into_mean_and_std():
     assert line == "| `final-cond` | 20 | 5.00 | 0.700 | 0.700 | 0.800 | 13.0 ± 1.0 (3 seeds) | 10 min |"
 
 
-def test_readme_table_is_what_table_py_prints():
-    """The README's study table is regenerated from study/results.csv, never edited by hand."""
+def test_study_readme_table_is_what_table_py_prints():
+    """study/README.md's table is regenerated from study/results.csv, never edited by hand."""
     printed = subprocess.run([sys.executable, str(STUDY / "table.py")], capture_output=True, text=True,
                              check=True).stdout.strip()
-    assert printed in (REPO / "README.md").read_text(), (
-        "README.md's study table differs from study/results.csv: replace it with `python study/table.py`")
+    assert printed in (STUDY / "README.md").read_text(), (
+        "study/README.md's table differs from study/results.csv: replace it with `python study/table.py`")
 
 
 def test_run_py_names_an_unknown_configuration():

@@ -394,7 +394,7 @@ def test_recipe_components_train(tmp_path, tiny_prepared, tracking_env, model, t
 
 def test_quality_curve_is_logged_per_epoch_to_mlflow_and_quality_csv(tmp_path, tiny_prepared, tracking_env):
     from ganops.metrics.classifier import train_classifier
-    from ganops.metrics.evaluate import build_reference
+    from ganops.metrics.reference import build_reference
 
     train_classifier(prepared_dir=tiny_prepared, model_dir=tmp_path / "classifier", report_path=tmp_path / "c.json",
                      seed=0, epochs=1, batch_size=32, lr=3e-3, width=8, feature_dim=16)

@@ -197,10 +197,11 @@ def run_export(*, model_dir: str | Path, run_file: str | Path, onnx_path: str | 
     finally:
         # The training run itself finished; an export failure is reported by the stage, not here.
         tracker.close()
-    report.update(registered_model=REGISTERED_MODEL if version is not None else None,
-                  registered_version=version, mlflow_run_id=tracker.run_id)
-    write_json(Path(f"{onnx_path}{RUN_SIDECAR}"), {
-        "mlflow_run_id": tracker.run_id, "registered_model": report["registered_model"],
-        "registered_version": version})
+    # mlflow_run_id names the training run (the model's lineage header); model_run_id the run holding
+    # the logged model, which is another one when the store had lost the training run.
+    run = {"mlflow_run_id": run_id, "model_run_id": tracker.run_id,
+           "registered_model": REGISTERED_MODEL if version is not None else None, "registered_version": version}
+    report.update(run)
+    write_json(Path(f"{onnx_path}{RUN_SIDECAR}"), run)
     write_json(report_path, report)
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+import hashlib
 import io
 import sys
 import time
@@ -229,7 +230,19 @@ def train(
         "img_per_s": steps * images_per_step / seconds if seconds > 0 and steps else 0.0,
         "run_id": tracker.run_id, "device": str(device), "world_size": world, "precision": precision,
         "fid_curve": curve_rows[-1]["fid_curve"] if curve_rows else None,
+        "weights_sha256": _weights_sha256(G, D, G_ema),  # this rank's: under DDP every rank's must agree
     }
+
+
+def _weights_sha256(*modules: torch.nn.Module) -> str:
+    """SHA-256 of the modules' parameters (names and bytes, in order). Buffers are left out: batch-norm
+    running statistics are each rank's own under DDP (rank 0's are the ones saved)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.named_parameters():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _window_start(step: int, log_every: int, steps_per_epoch: int) -> int:
