@@ -50,7 +50,7 @@ from ganops.data.prepare import prepare
 from ganops.metrics.inception_reference import INCEPTION_REFERENCE_JSON, build_inception_reference
 from ganops.data.prepared import load_manifest, load_split, write_prepared
 from ganops.training.loop import train
-from run import COLUMNS, METRICS, append, done_names  # study/run.py, beside this file: study/results.csv's columns
+from run import METRICS, append, done_names  # study/run.py, beside this file: study/results.csv's columns
 
 CONFIGS = Path(__file__).parent / "configs.yaml"
 RUN_FILES = ("gan/generator.pt", "gan/generator.json", "train/losses.csv", "train/quality.csv",

@@ -40,6 +40,12 @@ COVERED_ELSEWHERE = {
     "dvc remote add -d storage <url>": "tests/test_dvc_remote.py",
     "dvc exp diff <exp-a> <exp-b>": "tests/test_experiments.py",
     "dvc plots diff <exp-a> <exp-b>": "tests/test_experiments.py",
+    # The chosen 20-epoch configurations: hours of CPU with Inception scoring; the test runs the
+    # evaluate.inception toggle through DVC on tiny data.
+    "dvc exp run -n uncond-20ep -S model.depth=1 -S train.epochs=20 -S evaluate.inception=true":
+        "tests/test_inception_reference.py",
+    "dvc exp run -n cond-20ep -S model.conditional=true -S model.depth=1 -S train.epochs=20"
+    " -S evaluate.inception=true": "tests/test_inception_reference.py",
 }
 # CI runs `make test` (.ci/run); running the suite from inside the suite would recurse.
 RUN_BY_CI = {"make test"}

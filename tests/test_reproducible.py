@@ -17,17 +17,14 @@ from pipeline_repo import make_pipeline_repo
 # MLflow 3.17 itself triggers this SQLAlchemy deprecation when it opens a store.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
-# Outputs that legitimately differ between two runs, and why. Everything else must be byte-identical.
-RUN_ID_FILE = "reports/train/mlflow_run.json"  # a new MLflow run id each run
-ONNX_FILE = "models/generator.onnx"            # its metadata records that run id ...
-ONNX_SIDECAR = "models/generator.onnx.sha256"  # ... and so does its hash
-EXPORT_REPORT = "reports/export.json"          # the run id (metadata) and sha256 of that ONNX file,
-# and registered_version: each export registers a new version of ganops-generator in the same store.
-GENERATOR_JSON = "models/gan/generator.json"   # lineage.mlflow_run_id
-CHECKPOINT = "models/checkpoints/last.pt"      # run_id, so that a resume continues the same run
-DETAILS_JSON = "reports/evaluate/details.json"  # generator_lineage.mlflow_run_id
-CHECKED_SEPARATELY = {RUN_ID_FILE, ONNX_FILE, ONNX_SIDECAR, EXPORT_REPORT, GENERATOR_JSON, CHECKPOINT,
-                      DETAILS_JSON}
+# Outputs that exist to record the MLflow run, so differ between two runs; everything else (the model
+# in models/gan, the ONNX file and its sha256 included) must be byte-identical.
+RUN_ID_FILE = "reports/train/mlflow_run.json"      # a new MLflow run id each run
+ONNX_RUN_FILE = "models/generator.onnx.run.json"   # the run and the registered version of the export
+EXPORT_REPORT = "reports/export.json"              # the same, beside the export's facts
+CHECKPOINTS = ("models/checkpoints/last.pt",)  # run_id: a resume continues the same run
+CHECKED_SEPARATELY = {RUN_ID_FILE, ONNX_RUN_FILE, EXPORT_REPORT, *CHECKPOINTS}
+ONNX_FILE, ONNX_SIDECAR = "models/generator.onnx", "models/generator.onnx.sha256"
 
 
 def _lock_outs(repo_dir: Path) -> dict[str, str]:
@@ -56,16 +53,6 @@ def _code_hashes() -> dict[str, str]:
     """sha256 of the installed (editable) package the stages run (their scripts are copied at the start)."""
     files = sorted((REPO / "src" / "ganops").rglob("*.py"))
     return {str(f.relative_to(REPO)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-
-
-def _onnx_without_run_id(path: Path) -> tuple[bytes, str]:
-    """The model serialized with its mlflow_run_id metadata blanked, and that run id."""
-    model = onnx.load(str(path))
-    run_ids = [p for p in model.metadata_props if p.key == "mlflow_run_id"]
-    assert len(run_ids) == 1, f"{path}: expected one mlflow_run_id metadata prop, got {len(run_ids)}"
-    run_id = run_ids[0].value
-    run_ids[0].value = ""
-    return model.SerializeToString(deterministic=True), run_id
 
 
 def _same(a: object, b: object, where: str) -> list[str]:
@@ -124,42 +111,27 @@ def test_repro_twice_is_byte_identical(tmp_path: Path):
     with_run_id = [f for f in differing if run_id2.encode() in (repo.path / f).read_bytes()]
     assert differing == [], (f"not byte-identical between two `dvc repro -f`: {differing}; "
                              f"of these, {with_run_id} contain the MLflow run id")
-    assert CHECKPOINT in files1, "the checkpoint's final content is compared too"
+    assert set(CHECKPOINTS) <= set(files1), "the checkpoints' final content is compared too"
 
     # The known differences are exactly the MLflow run id (and what records it).
     assert run_id1 != run_id2, "the second run from scratch should have been a new MLflow run"
 
-    onnx1, onnx_run1 = _onnx_without_run_id(first / ONNX_FILE)
-    onnx2, onnx_run2 = _onnx_without_run_id(repo.path / ONNX_FILE)
-    assert (onnx_run1, onnx_run2) == (run_id1, run_id2)
-    assert onnx1 == onnx2, f"{ONNX_FILE} differs beyond its mlflow_run_id metadata"
-    for label, d in (("first", first), ("second", repo.path)):
-        sidecar = (d / ONNX_SIDECAR).read_text().split()[0]
-        assert sidecar == hashlib.sha256((d / ONNX_FILE).read_bytes()).hexdigest(), label
+    assert ONNX_FILE in files1 and "models/gan/generator.json" in files1  # compared byte for byte above
+    assert "mlflow_run_id" not in {p.key for p in onnx.load(str(repo.path / ONNX_FILE)).metadata_props}
+    sidecar = (repo.path / ONNX_SIDECAR).read_text().split()[0]
+    assert sidecar == hashlib.sha256((repo.path / ONNX_FILE).read_bytes()).hexdigest()
 
-    gen1 = json.loads((first / GENERATOR_JSON).read_text())
-    gen2 = json.loads((repo.path / GENERATOR_JSON).read_text())
-    assert (gen1["lineage"]["mlflow_run_id"], gen2["lineage"]["mlflow_run_id"]) == (run_id1, run_id2)
-    gen1["lineage"]["mlflow_run_id"] = gen2["lineage"]["mlflow_run_id"] = None
-    assert gen1 == gen2, f"{GENERATOR_JSON} differs beyond lineage.mlflow_run_id"
+    for name in CHECKPOINTS:
+        ckpt1 = torch.load(first / name, map_location="cpu", weights_only=True)
+        ckpt2 = torch.load(repo.path / name, map_location="cpu", weights_only=True)
+        assert (ckpt1["run_id"], ckpt2["run_id"]) == (run_id1, run_id2), name
+        ckpt1["run_id"] = ckpt2["run_id"] = None
+        assert _same(ckpt1, ckpt2, name) == [], f"{name} differs beyond run_id"
 
-    details1 = json.loads((first / DETAILS_JSON).read_text())
-    details2 = json.loads((repo.path / DETAILS_JSON).read_text())
-    assert (details1["generator_lineage"]["mlflow_run_id"],
-            details2["generator_lineage"]["mlflow_run_id"]) == (run_id1, run_id2)
-    details1["generator_lineage"]["mlflow_run_id"] = details2["generator_lineage"]["mlflow_run_id"] = None
-    assert details1 == details2, f"{DETAILS_JSON} differs beyond generator_lineage.mlflow_run_id"
-
-    ckpt1 = torch.load(first / CHECKPOINT, map_location="cpu", weights_only=True)
-    ckpt2 = torch.load(repo.path / CHECKPOINT, map_location="cpu", weights_only=True)
-    assert (ckpt1["run_id"], ckpt2["run_id"]) == (run_id1, run_id2)
-    ckpt1["run_id"] = ckpt2["run_id"] = None
-    assert _same(ckpt1, ckpt2, "last.pt") == [], f"{CHECKPOINT} differs beyond run_id"
-
-    report1 = json.loads((first / EXPORT_REPORT).read_text())
-    report2 = json.loads((repo.path / EXPORT_REPORT).read_text())
-    assert report1["metadata"]["mlflow_run_id"] == run_id1
-    assert report2["metadata"]["mlflow_run_id"] == run_id2
+    run1, run2 = (json.loads((d / ONNX_RUN_FILE).read_text()) for d in (first, repo.path))
+    assert (run1["mlflow_run_id"], run2["mlflow_run_id"]) == (run_id1, run_id2)
+    report1, report2 = (json.loads((d / EXPORT_REPORT).read_text()) for d in (first, repo.path))
+    assert report1["sha256"] == report2["sha256"] == sidecar  # identical weights, identical ONNX hash
     for r in (report1, report2):
-        r["metadata"]["mlflow_run_id"] = r["sha256"] = r["registered_version"] = None
-    assert report1 == report2, f"{EXPORT_REPORT} differs beyond run id, ONNX hash and registered version"
+        r["mlflow_run_id"] = r["model_run_id"] = r["registered_version"] = None
+    assert report1 == report2, f"{EXPORT_REPORT} differs beyond the run ids and registered version"

@@ -13,6 +13,7 @@ from ganops.fileio import write_bytes, write_json
 from ganops.lineage import model_lineage_tags
 from ganops.metrics import distances
 from ganops.metrics.classifier import extract, load_classifier
+from ganops.metrics.inception import InceptionPool3
 from ganops.metrics.inception_reference import load_inception_reference
 from ganops.metrics.reference import Reference, load_reference
 from ganops.networks import Generator, load_generator
@@ -128,7 +129,7 @@ def evaluate(
             inception_reference_dir, inception_weights=params.inception_weights,
             data_manifest_sha256=real.meta["data_manifest_sha256"],
         )
-        inception = inception.InceptionPool3(inception_real.weights)
+        inception = InceptionPool3(inception_real.weights)
 
     images, labels = generate(
         generator, num_samples=params.num_samples, seed=params.seed, batch_size=params.batch_size

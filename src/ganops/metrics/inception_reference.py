@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ganops.metrics import distances, inception
+from ganops.metrics import distances
+from ganops.metrics.inception import InceptionPool3, inception_weights_path
 from ganops.fileio import atomic_dir, sha256_file, write_json
 from ganops.data.prepared import load_manifest, load_split, manifest_hash
 
@@ -42,9 +43,9 @@ def build_inception_reference(
     }
     arrays = {}
     if inception:
-        path = inception.inception_weights_path(inception_weights)
+        path = inception_weights_path(inception_weights)
         test_x, _ = load_split(prepared_dir, "test")
-        feats = inception.InceptionPool3(path).features(test_x, desc="inception_reference")
+        feats = InceptionPool3(path).features(test_x, desc="inception_reference")
         arrays["inception_test_mu"], arrays["inception_test_sigma"] = distances.gaussian_stats(feats)
         meta["inception_weights_sha256"] = sha256_file(path)
         meta["num_test"] = len(test_x)
@@ -82,7 +83,7 @@ def load_inception_reference(
             f"{directory} has no Inception statistics: rerun the inception_reference stage with "
             "evaluate.inception: true (dvc repro inception_reference)"
         )
-    weights = inception.inception_weights_path(inception_weights)
+    weights = inception_weights_path(inception_weights)
     configured = sha256_file(weights)
     if recorded != configured:
         # -f: DVC sees a changed evaluate.inception_weights path, not a changed file at the same path.

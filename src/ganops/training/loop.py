@@ -360,12 +360,12 @@ def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id
                    report_dir: Path, rows: list[dict], curve_rows: list[dict],
                    grids: dict[int, torch.Tensor]) -> None:
     """models/gan (EMA generator + lineage), every sample grid, losses.csv, quality.csv."""
-    lineage = {key: tags[key] for key in ("git_commit", "data_manifest_sha256", "params_sha256",
+    model_lineage = {key: tags[key] for key in ("git_commit", "data_manifest_sha256", "params_sha256",
                                           "params_sha256_sections")}
     # No MLflow run id here: the run is an event, not a cause; the same weights give the same bytes.
-    lineage.update(dataset=manifest.get("dataset", ""))
+    model_lineage.update(dataset=manifest.get("dataset", ""))
     save_generator(model_dir, G_ema, extra={
-        "lineage": lineage, "classes": manifest.get("classes"), "dataset": manifest.get("dataset", ""),
+        "lineage": model_lineage, "classes": manifest.get("classes"), "dataset": manifest.get("dataset", ""),
     })
     # All grids, from the checkpoint too: DVC empties samples/ before a resumed run.
     with atomic_dir(report_dir / "samples") as tmp:
