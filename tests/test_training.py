@@ -416,3 +416,18 @@ def test_quality_curve_is_logged_per_epoch_to_mlflow_and_quality_csv(tmp_path, t
     curve = QualityCurve(tmp_path / "classifier", tmp_path / "reference", num_samples=40, z_dim=16,
                          num_classes=10, conditional=False, device=torch.device("cpu"))
     assert curve.fid(G) == pytest.approx(summary["fid_curve"], rel=1e-6)
+
+
+def test_checkpoint_sources_cover_the_code_the_loop_computes_with():
+    """A change to any module that computes the training (not tracking, plots or file I/O) makes an
+    old checkpoint another run: checkpoints.SOURCES must list each one the loop imports."""
+    from test_stage_deps import SRC, ganops_modules
+
+    from ganops.training.checkpoints import SOURCES
+
+    package = SRC / "ganops"
+    used = {p.relative_to(package).as_posix() for p in ganops_modules(package / "training" / "loop.py")}
+    computing = {u for u in used if u.startswith("training/") and not u.endswith("__init__.py")}
+    computing |= {"training/loop.py", "networks.py", "sampling.py"}
+    assert computing <= set(SOURCES), f"add to checkpoints.SOURCES: {sorted(computing - set(SOURCES))}"
+    assert all((package / name).is_file() for name in SOURCES)

@@ -8,7 +8,9 @@ import hashlib
 import io
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,81 +50,52 @@ def train(
 ) -> dict:
     """Train the GAN of `params.model` with `params.train` on `prepared_dir`; resume when possible.
 
-    Writes (rank 0 only): `model_dir` (the EMA generator, via save_generator), `checkpoint_dir/last.pt`,
-    `report_dir/losses.csv`, `report_dir/quality.csv` (the per-epoch fid curve, scored with
-    `classifier_dir` against `reference_dir`, which are read only when train.curve_samples > 0),
-    `report_dir/samples/epoch_XXX.png`, `report_dir/mlflow_run.json`.
+    Writes (rank 0 only): `model_dir` (the EMA generator, via save_generator), `checkpoint_dir/last.pt`
+    and one `epoch_NNN.pt` per epoch, `report_dir/losses.csv`, `report_dir/quality.csv` (the per-epoch
+    fid curve, scored with `classifier_dir` against `reference_dir`, which are read only when
+    train.curve_samples > 0), `report_dir/samples/epoch_XXX.png`, `report_dir/mlflow_run.json`.
     Under torchrun (WORLD_SIZE > 1) each process trains on its shard with DDP.
     Returns a summary: steps, epochs, resumed_at, images, seconds (this process's loop), img_per_s,
-    run_id, device, world_size, precision, fid_curve (the last point, or None).
+    run_id, device, world_size, precision, fid_curve (the last point, or None), weights_sha256.
     """
     mp, tp = params.model, params.train  # their values were checked when Params was built
     prepared_dir, checkpoint_dir, report_dir = Path(prepared_dir), Path(checkpoint_dir), Path(report_dir)
     manifest = load_manifest(prepared_dir)
     with training_process(tp.device) as proc:
-        rank, world, device = proc.rank, proc.world, proc.device
-        main = rank == 0
+        rank, world, device, main = proc.rank, proc.world, proc.device, proc.rank == 0
         precision = resolve_precision(tp.precision, device, announce=main)
         images, labels = _load_images(prepared_dir, device)
         n, batch = images.shape[0], tp.batch_size
         cfg = NetConfig.from_params(mp, int(manifest["num_classes"]))
-        steps_per_epoch = n // world // batch // tp.d_steps  # every rank gets n // world images
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"{prepared_dir} has {n} training images: too few for train.batch_size={batch} x "
-                f"train.d_steps={tp.d_steps} on {world} process(es); lower train.batch_size"
-            )
-        total = tp.epochs * steps_per_epoch
-        if tp.max_steps:
-            total = min(total, tp.max_steps)
+        steps_per_epoch, total = _run_length(tp, n=n, world=world, prepared_dir=prepared_dir)
         # Loaded before training: a missing classifier must not fail the run after its first epoch.
         curve = QualityCurve(
             classifier_dir, reference_dir, num_samples=tp.curve_samples, z_dim=cfg.z_dim,
             num_classes=cfg.num_classes, conditional=cfg.conditional, device=device,
         ) if tp.curve_samples and main else None
 
-        # Identical initial weights on every rank; then each rank draws its own noise.
-        checkpoints.seed_all(tp.seed)
-        G, D = Generator(cfg).to(device), Discriminator(cfg).to(device)
-        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        opt_g = torch.optim.Adam(G.parameters(), lr=tp.lr_g, betas=tuple(tp.betas_g), fused=True)
-        opt_d = torch.optim.Adam(D.parameters(), lr=tp.lr_d, betas=tuple(tp.betas_d), fused=True)
-        # One loss scaler per network (fp16 only; no-ops otherwise): their gradients differ in scale.
-        scaler_g, scaler_d = grad_scaler(precision, device), grad_scaler(precision, device)
-        checkpoints.seed_all(tp.seed + rank)
-
+        checkpoints.seed_all(tp.seed)  # identical initial weights on every rank ...
+        nets = Nets.build(cfg, tp, precision=precision, device=device)
+        checkpoints.seed_all(tp.seed + rank)  # ... then each rank draws its own noise
         config_hash = checkpoints.config_hash(mp, tp, prepared_dir, world, total_steps=total)
-        ckpt_path = checkpoint_dir / checkpoints.CHECKPOINT_NAME
         # A shorter run than last.pt's restarts from an epoch snapshot (then it is a run of its own).
         state, same_run = checkpoints.load(checkpoint_dir, config_hash, total_steps=total, rank=rank, world=world)
         if state is not None:
-            for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d"),
-                                (scaler_g, "scaler_g"), (scaler_d, "scaler_d")):
-                module.load_state_dict(state[key])
+            nets.load_state_dict(state)
             checkpoints.set_rng_state(state["rng"][rank])
         start = state["step"] if state else 0
-        rows: list[dict] = state["rows"] if state else []
-        curve_rows: list[dict] = state["curve_rows"] if state else []
-        grids: dict[int, torch.Tensor] = state["grids"] if state else {}
-        window = state["window"].to(device) if state else torch.zeros(len(METRICS), device=device)
-
+        log = Log.restore(state, device)
         # Lineage is read once, at the start: the model's metadata names what it was trained from.
         tags = lineage.lineage_tags(manifest_dir=prepared_dir, params=params) if main else {}
         tracker = _open_tracker(main, state, same_run=same_run, params=params, tags=tags, report_dir=report_dir)
-        ddp_devices = [device.index] if device.type == "cuda" else None
-        G_train = DDP(G, device_ids=ddp_devices) if world > 1 else G
-        D_train = DDP(D, device_ids=ddp_devices) if world > 1 else D
-        grid_z = torch.from_numpy(sampling.latents(GRID_SEEDS, cfg.z_dim)).to(device)
-        grid_y = _grid_labels(cfg, device)
-        bn_z = torch.from_numpy(sampling.latents(BN_SEEDS, cfg.z_dim)).to(device)
-        bn_y = torch.arange(len(BN_SEEDS), device=device) % cfg.num_classes if cfg.conditional else None
+        G_train, D_train = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+                            if world > 1 else m for m in (nets.G, nets.D))
+        fixed = FixedLatents.build(cfg, device)
         autocast = autocast_factory(precision, device)
         augment = functools.partial(diff_augment, policies=tp.augment)
-        bar = tqdm(total=total, initial=start, file=sys.stderr, disable=not main, unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=total, initial=start, file=sys.stderr, disable=not main, unit="step", dynamic_ncols=True)
         images_per_step = batch * tp.d_steps * world
-        t_loop = t_window = time.perf_counter()
-        timed = 0  # steps since t_window (after a resume, fewer than the window's count)
+        t_loop = time.perf_counter()
         order_epoch = -1
         try:
             for step in range(start, total):
@@ -130,11 +103,8 @@ def train(
                 if epoch != order_epoch:
                     order, order_epoch = _epoch_order(tp.seed, epoch, n, rank, world, device), epoch
                     bar.set_description(f"epoch {epoch + 1}/{tp.epochs}")
-
-                scale = schedules.lr_scale(tp, step=step, total=total)
-                for opt, lr in ((opt_g, tp.lr_g), (opt_d, tp.lr_d)):
-                    for group in opt.param_groups:
-                        group["lr"] = lr * scale
+                schedules.set_lr(((nets.opt_g, tp.lr_g), (nets.opt_d, tp.lr_d)),
+                                 schedules.lr_scale(tp, step=step, total=total))
 
                 # Discriminator step(s); the last one's fakes are reused by the generator step.
                 for k in range(tp.d_steps):
@@ -146,55 +116,28 @@ def train(
                         fake = G_train(z, y)
                     r1 = tp.r1_gamma > 0 and (step * tp.d_steps + k) % tp.r1_every == 0
                     loss_d, d_real, d_fake = _d_step(
-                        D_train=D_train, D=D, opt_d=opt_d, scaler=scaler_d, tp=tp, real=augment(real),
+                        D_train=D_train, D=nets.D, opt_d=nets.opt_d, scaler=nets.scaler_d, tp=tp, real=augment(real),
                         fake=augment(fake.detach()), labels=y, autocast=autocast, r1=r1)
-                grad_norm_d = _grad_norm(D)
-
-                # Generator step through the plain D (no DDP hooks: D's parameters get no gradient).
-                D.requires_grad_(False)
-                with autocast():
-                    loss_g = losses.g_loss(tp.loss, D(augment(fake), y).float())
-                opt_g.zero_grad(set_to_none=True)
-                scaler_g.scale(loss_g).backward()
-                scaler_g.unscale_(opt_g)
-                grad_norm_g = _grad_norm(G)
-                scaler_g.step(opt_g)
-                scaler_g.update()
-                D.requires_grad_(True)
-
-                _ema_update(G_ema, G, schedules.ema_beta(tp, step=step, batch=batch * world),
+                grad_norm_d = _grad_norm(nets.D)
+                # Generator step, then the EMA generator follows it.
+                loss_g, grad_norm_g = _g_step(nets, tp=tp, fake=fake, labels=y, autocast=autocast, augment=augment)
+                _ema_update(nets.G_ema, nets.G, schedules.ema_beta(tp, step=step, batch=batch * world),
                             copy_bn=tp.ema_bn == "copy")
 
                 # Logging: window sums stay on the device; one sync per log. Every epoch's end closes
                 # a window too, so a run extended after its last epoch logs what a longer run would.
-                window += torch.stack([loss_d, loss_g.detach(), d_real, d_fake,
-                                       grad_norm_d, grad_norm_g]).float()
-                done, timed = step + 1, timed + 1
+                log.window += torch.stack([loss_d, loss_g, d_real, d_fake, grad_norm_d, grad_norm_g]).float()
+                done, epoch_end = step + 1, i == steps_per_epoch - 1
                 bar.update(1)
-                epoch_end = i == steps_per_epoch - 1
                 if done % tp.log_every == 0 or epoch_end or done == total:
                     count = done - _window_start(step, tp.log_every, steps_per_epoch)
-                    values = dict(zip(METRICS, (window / count).tolist()))
-                    window.zero_()
-                    now = time.perf_counter()
-                    rate, t_window, timed = timed * images_per_step / (now - t_window), now, 0
-                    rows.append({"step": done, "epoch": epoch + 1, **values})
-                    tracker.log_metrics({**values, "img_per_s": rate}, step=done)
+                    values = log.close_window(step=done, epoch=epoch + 1, count=count, images_per_step=images_per_step)
+                    tracker.log_metrics(values, step=done)
                     bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}",
-                                    img_s=f"{rate:.0f}")
+                                    img_s=f"{values['img_per_s']:.0f}")
                 if epoch_end or done == total:
-                    if tp.ema_bn == "recompute":
-                        _recompute_bn_stats(G_ema, bn_z, bn_y)
-                    grids[epoch + 1] = _sample_grid(G_ema, grid_z, grid_y)
-                    if main:
-                        _write_grid(report_dir / "samples", epoch + 1, grids[epoch + 1])
-                        tracker.log_image(grids[epoch + 1].numpy(), key="samples", step=done)
-                    if curve is not None:
-                        point = {"step": done, "epoch": epoch + 1, "fid_curve": curve.fid(G_ema)}
-                        curve_rows = [r for r in curve_rows if r["step"] != done] + [point]
-                        tracker.log_metrics({"fid_curve": point["fid_curve"]}, step=done)
-                        bar.write(f"epoch {epoch + 1}: fid_curve {point['fid_curve']:.2f} "
-                                  f"({tp.curve_samples} samples)", file=sys.stderr)
+                    _end_epoch(nets.G_ema, epoch=epoch + 1, step=done, tp=tp, fixed=fixed, log=log, curve=curve,
+                               tracker=tracker, bar=bar, samples_dir=report_dir / "samples" if main else None)
 
                 # Checkpoint last, so a resumed run restarts exactly after this step; each epoch's end
                 # is also kept as a snapshot that a shorter run restarts from.
@@ -202,21 +145,15 @@ def train(
                     tracker.flush()  # metrics up to here survive a crash; later ones are logged again
                     rng = checkpoints.gather(checkpoints.rng_state(), world)
                     if main:
-                        checkpoints.save(ckpt_path, snapshot=checkpoint_dir / checkpoints.snapshot_name(epoch + 1)
-                                         if epoch_end else None, state={
+                        checkpoints.save(checkpoint_dir / checkpoints.CHECKPOINT_NAME, state={
                             "config_hash": config_hash, "step": done, "run_id": tracker.run_id,
-                            "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                            "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
-                            "rng": rng, "rows": rows, "curve_rows": curve_rows, "grids": grids,
-                            "window": window.cpu(),
-                        })
+                            **nets.state_dict(), "rng": rng, **log.state_dict(),
+                        }, snapshot=checkpoint_dir / checkpoints.snapshot_name(epoch + 1) if epoch_end else None)
             seconds = time.perf_counter() - t_loop
             bar.close()
             if main:
-                _write_outputs(G_ema=G_ema, tags=tags, manifest=manifest, run_id=tracker.run_id,
-                               model_dir=Path(model_dir), report_dir=report_dir, rows=rows,
-                               curve_rows=curve_rows, grids=grids)
+                _write_outputs(G_ema=nets.G_ema, tags=tags, manifest=manifest, model_dir=Path(model_dir),
+                               report_dir=report_dir, log=log)
                 tracker.log_artifact(report_dir / "losses.csv", "train")
                 tracker.close("FINISHED")
         except BaseException as e:
@@ -229,9 +166,141 @@ def train(
         "images": steps * images_per_step, "seconds": seconds,
         "img_per_s": steps * images_per_step / seconds if seconds > 0 and steps else 0.0,
         "run_id": tracker.run_id, "device": str(device), "world_size": world, "precision": precision,
-        "fid_curve": curve_rows[-1]["fid_curve"] if curve_rows else None,
-        "weights_sha256": _weights_sha256(G, D, G_ema),  # this rank's: under DDP every rank's must agree
+        "fid_curve": log.curve_rows[-1]["fid_curve"] if log.curve_rows else None,
+        # This rank's: under DDP every rank's must agree.
+        "weights_sha256": _weights_sha256(nets.G, nets.D, nets.G_ema),
     }
+
+
+@dataclass
+class Nets:
+    """G, D, the EMA G, their optimizers and loss scalers: what a checkpoint restores."""
+
+    G: Generator
+    D: Discriminator
+    G_ema: Generator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+    scaler_g: torch.amp.GradScaler
+    scaler_d: torch.amp.GradScaler
+    KEYS: ClassVar[tuple[str, ...]] = ("G", "D", "G_ema", "opt_g", "opt_d", "scaler_g", "scaler_d")
+
+    @classmethod
+    def build(cls, cfg: NetConfig, tp, *, precision: str, device: torch.device) -> Nets:
+        G, D = Generator(cfg).to(device), Discriminator(cfg).to(device)
+        return cls(
+            G=G, D=D, G_ema=copy.deepcopy(G).eval().requires_grad_(False),
+            opt_g=torch.optim.Adam(G.parameters(), lr=tp.lr_g, betas=tuple(tp.betas_g), fused=True),
+            opt_d=torch.optim.Adam(D.parameters(), lr=tp.lr_d, betas=tuple(tp.betas_d), fused=True),
+            # One loss scaler per network (fp16 only; no-ops otherwise): their gradients differ in scale.
+            scaler_g=grad_scaler(precision, device), scaler_d=grad_scaler(precision, device),
+        )
+
+    def state_dict(self) -> dict:
+        return {key: getattr(self, key).state_dict() for key in self.KEYS}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in self.KEYS:
+            getattr(self, key).load_state_dict(state[key])
+
+
+@dataclass
+class Log:
+    """What the run has logged so far (losses.csv rows, the fid curve, a grid per epoch) and the open
+    logging window's sums; all of it goes into checkpoints, so a resumed run writes the same files."""
+
+    rows: list[dict]
+    curve_rows: list[dict]
+    grids: dict[int, torch.Tensor]
+    window: torch.Tensor
+    timed_from: int  # img/s counts the steps since this one (after a resume, fewer than the window's)
+    t_window: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def restore(cls, state: dict | None, device: torch.device) -> Log:
+        if state is None:
+            return cls(rows=[], curve_rows=[], grids={}, window=torch.zeros(len(METRICS), device=device),
+                       timed_from=0)
+        return cls(rows=state["rows"], curve_rows=state["curve_rows"], grids=state["grids"],
+                   window=state["window"].to(device), timed_from=state["step"])
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "curve_rows": self.curve_rows, "grids": self.grids, "window": self.window.cpu()}
+
+    def close_window(self, *, step: int, epoch: int, count: int, images_per_step: int) -> dict[str, float]:
+        """The window's means as a losses.csv row; returned with img_per_s for MLflow."""
+        values = dict(zip(METRICS, (self.window / count).tolist()))
+        self.window.zero_()
+        now = time.perf_counter()
+        rate = (step - self.timed_from) * images_per_step / (now - self.t_window)
+        self.t_window, self.timed_from = now, step
+        self.rows.append({"step": step, "epoch": epoch, **values})
+        return {**values, "img_per_s": rate}
+
+
+def _run_length(tp, *, n: int, world: int, prepared_dir: Path) -> tuple[int, int]:
+    """(steps per epoch, total steps): every rank gets n // world images; train.max_steps caps the total."""
+    steps_per_epoch = n // world // tp.batch_size // tp.d_steps
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{prepared_dir} has {n} training images: too few for train.batch_size={tp.batch_size} x "
+            f"train.d_steps={tp.d_steps} on {world} process(es); lower train.batch_size"
+        )
+    total = tp.epochs * steps_per_epoch
+    return steps_per_epoch, min(total, tp.max_steps) if tp.max_steps else total
+
+
+@dataclass(frozen=True)
+class FixedLatents:
+    """The latents of every sample grid and of the EMA G's batch-norm statistics (never random)."""
+
+    grid_z: torch.Tensor
+    grid_y: torch.Tensor | None
+    bn_z: torch.Tensor
+    bn_y: torch.Tensor | None
+
+    @classmethod
+    def build(cls, cfg: NetConfig, device: torch.device) -> FixedLatents:
+        return cls(
+            grid_z=torch.from_numpy(sampling.latents(GRID_SEEDS, cfg.z_dim)).to(device),
+            grid_y=_grid_labels(cfg, device),
+            bn_z=torch.from_numpy(sampling.latents(BN_SEEDS, cfg.z_dim)).to(device),
+            bn_y=torch.arange(len(BN_SEEDS), device=device) % cfg.num_classes if cfg.conditional else None,
+        )
+
+
+def _g_step(nets: Nets, *, tp, fake: torch.Tensor, labels: torch.Tensor | None, autocast,
+            augment) -> tuple[torch.Tensor, torch.Tensor]:
+    """One generator update through the plain D (no DDP hooks: D's parameters get no gradient);
+    returns (loss, gradient norm), detached."""
+    nets.D.requires_grad_(False)
+    with autocast():
+        loss = losses.g_loss(tp.loss, nets.D(augment(fake), labels).float())
+    nets.opt_g.zero_grad(set_to_none=True)
+    nets.scaler_g.scale(loss).backward()
+    nets.scaler_g.unscale_(nets.opt_g)
+    grad_norm = _grad_norm(nets.G)
+    nets.scaler_g.step(nets.opt_g)
+    nets.scaler_g.update()
+    nets.D.requires_grad_(True)
+    return loss.detach(), grad_norm
+
+
+def _end_epoch(G_ema: torch.nn.Module, *, epoch: int, step: int, tp, fixed: FixedLatents, log: Log,
+               curve: QualityCurve | None, tracker, bar, samples_dir: Path | None) -> None:
+    """The EMA G's batch-norm statistics, its grid of the epoch (written by rank 0) and fid_curve point."""
+    if tp.ema_bn == "recompute":
+        _recompute_bn_stats(G_ema, fixed.bn_z, fixed.bn_y)
+    log.grids[epoch] = _sample_grid(G_ema, fixed.grid_z, fixed.grid_y)
+    if samples_dir is not None:
+        _write_grid(samples_dir, epoch, log.grids[epoch])
+        tracker.log_image(log.grids[epoch].numpy(), key="samples", step=step)
+    if curve is not None:
+        point = {"step": step, "epoch": epoch, "fid_curve": curve.fid(G_ema)}
+        log.curve_rows = [r for r in log.curve_rows if r["step"] != step] + [point]
+        tracker.log_metrics({"fid_curve": point["fid_curve"]}, step=step)
+        bar.write(f"epoch {epoch}: fid_curve {point['fid_curve']:.2f} ({tp.curve_samples} samples)",
+                  file=sys.stderr)
 
 
 def _weights_sha256(*modules: torch.nn.Module) -> str:
@@ -356,9 +425,8 @@ def _write_grid(directory: Path, epoch: int, image: torch.Tensor) -> None:
     write_bytes(directory / f"epoch_{epoch:03d}.png", png(image.numpy()))
 
 
-def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id: str, model_dir: Path,
-                   report_dir: Path, rows: list[dict], curve_rows: list[dict],
-                   grids: dict[int, torch.Tensor]) -> None:
+def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, model_dir: Path, report_dir: Path,
+                   log: Log) -> None:
     """models/gan (EMA generator + lineage), every sample grid, losses.csv, quality.csv."""
     model_lineage = {key: tags[key] for key in ("git_commit", "data_manifest_sha256", "params_sha256",
                                           "params_sha256_sections")}
@@ -369,17 +437,17 @@ def _write_outputs(*, G_ema: torch.nn.Module, tags: dict, manifest: dict, run_id
     })
     # All grids, from the checkpoint too: DVC empties samples/ before a resumed run.
     with atomic_dir(report_dir / "samples") as tmp:
-        for epoch, image in grids.items():
+        for epoch, image in log.grids.items():
             _write_grid(tmp, epoch, image)
-    _write_losses_csv(report_dir / "losses.csv", rows)
-    _write_quality_csv(report_dir / "quality.csv", curve_rows)
+    _write_losses_csv(report_dir / "losses.csv", log.rows)
+    _write_quality_csv(report_dir / "quality.csv", log.curve_rows)
     write_bytes(report_dir / "quality.png", plots.curves_png(
-        [r["step"] for r in curve_rows], {"fid_curve": [r["fid_curve"] for r in curve_rows]},
-        title=f"fid_curve: EMA generator, {len(curve_rows)} epoch(s)"))
+        [r["step"] for r in log.curve_rows], {"fid_curve": [r["fid_curve"] for r in log.curve_rows]},
+        title=f"fid_curve: EMA generator, {len(log.curve_rows)} epoch(s)"))
     # The same curves as a PNG: dvc plots' HTML needs vega from a CDN, a PNG renders offline.
-    steps = [row["step"] for row in rows]
+    steps = [row["step"] for row in log.rows]
     write_bytes(report_dir / "losses.png", plots.curves_png(
-        steps, {m: [row[m] for row in rows] for m in ("loss_d", "loss_g")}, title="losses"))
+        steps, {m: [row[m] for row in log.rows] for m in ("loss_d", "loss_g")}, title="losses"))
 
 
 def _write_losses_csv(path: Path, rows: list[dict]) -> None:

@@ -1,6 +1,8 @@
 """Per-step schedules of training: the EMA generator's decay and the learning-rate ramp-down."""
 from __future__ import annotations
 
+import torch
+
 from ganops.params import TrainParams
 
 
@@ -12,6 +14,13 @@ def ema_beta(tp: TrainParams, *, step: int, batch: int) -> float:
     if tp.ema_rampup > 0:
         ema_nimg = min(ema_nimg, (step + 1) * batch * tp.ema_rampup)
     return 0.5 ** (batch / ema_nimg) if ema_nimg > 0 else 0.0
+
+
+def set_lr(optimizers: tuple[tuple[torch.optim.Optimizer, float], ...], scale: float) -> None:
+    """Set each (optimizer, base lr) pair's learning rate to base * scale."""
+    for opt, lr in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
 
 
 def lr_scale(tp: TrainParams, *, step: int, total: int) -> float:
