@@ -75,3 +75,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_arrays(out_dir: str | Path, arrays: dict, *, json_name: str, meta: dict) -> None:
+    """`out_dir` written as one atomic directory: `<name>.npy` per array and `json_name` holding `meta`."""
+    import numpy as np  # noqa: PLC0415 (the only numpy user here)
+
+    with atomic_dir(out_dir) as tmp:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+        write_json(tmp / json_name, meta)

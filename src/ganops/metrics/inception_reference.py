@@ -19,7 +19,7 @@ import numpy as np
 
 from ganops.metrics import distances
 from ganops.metrics.inception import InceptionPool3, inception_weights_path
-from ganops.fileio import atomic_dir, sha256_file, write_json
+from ganops.fileio import sha256_file, write_arrays
 from ganops.data.prepared import load_manifest, load_split, manifest_hash
 
 INCEPTION_REFERENCE_JSON = "inception_reference.json"
@@ -49,10 +49,7 @@ def build_inception_reference(
         arrays["inception_test_mu"], arrays["inception_test_sigma"] = distances.gaussian_stats(feats)
         meta["inception_weights_sha256"] = sha256_file(path)
         meta["num_test"] = len(test_x)
-    with atomic_dir(out_dir) as tmp:
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-        write_json(tmp / INCEPTION_REFERENCE_JSON, meta)
+    write_arrays(out_dir, arrays, json_name=INCEPTION_REFERENCE_JSON, meta=meta)
     return meta
 
 

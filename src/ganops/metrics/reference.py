@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ganops.data.prepared import load_manifest, load_split, manifest_hash
-from ganops.fileio import atomic_dir, write_json
+from ganops.fileio import write_arrays
 from ganops.metrics import distances
 from ganops.metrics.classifier import extract, load_classifier
 
@@ -70,10 +70,7 @@ def build_reference(
         "test_features": test_f, "test_mu": mu, "test_sigma": sigma,
         "train_features": train_f, "train_labels": train_y[pick], "train_predicted": train_pred,
     }
-    with atomic_dir(out_dir) as tmp:
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-        write_json(tmp / REFERENCE_JSON, meta)
+    write_arrays(out_dir, arrays, json_name=REFERENCE_JSON, meta=meta)
     return meta
 
 
