@@ -92,3 +92,29 @@ def test_queued_sweep_is_tracked_and_comparable(tmp_path: Path):
         # Each revision's epoch grid and evaluation samples, as image files named by revision.
         assert any(rev in p and "samples" in p and "epoch" in p for p in pngs), (rev, pngs)
         assert any(rev in p and "evaluate" in p for p in pngs), (rev, pngs)
+
+
+@pytest.mark.slow
+def test_shorter_experiments_after_a_longer_run_succeed(tmp_path: Path):
+    """What users run after `make repro`: quicker experiments than the default, in the workspace and
+    queued. The checkpoint directory is a persisted output, so each inherits the longer run's."""
+    # 100 images / batch 16 = 6 steps an epoch; the baseline trains 2 epochs (12 steps).
+    repo = make_pipeline_repo(tmp_path, stages=["train"], params_overrides={
+        "train.epochs": 2, "train.max_steps": 0, "train.curve_samples": 0})
+    repo.run("dvc repro")
+    repo.run("git add -A && git commit -q -m baseline")
+    ckpt = repo.path / "models" / "checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir() if p.suffix == ".pt") == ["epoch_001.pt", "epoch_002.pt", "last.pt"]
+
+    one = repo.run("dvc exp run -n one-epoch -S train.epochs=1")
+    assert "restarting from epoch_001.pt (step 6)" in one.stdout + one.stderr
+    repo.run("dvc exp run --queue -n three-steps -S train.max_steps=3")
+    try:
+        repo.run("dvc queue start")
+        status = repo.wait_for_queue(dvc="dvc", timeout_s=QUEUE_TIMEOUT_S)
+    finally:
+        repo.run("dvc queue stop", check=False, timeout=60)
+    assert "Success" in status and "Failed" not in status, status
+    logs = repo.run("dvc queue logs three-steps").stdout
+    assert "no epoch snapshot is at or before it: training from scratch" in logs, logs
+    assert sorted(_experiments(json.loads(repo.run("dvc exp show --json").stdout))) == ["one-epoch", "three-steps"]
