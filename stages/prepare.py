@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ganops import params
+from ganops.data.folder import FolderError
 from ganops.data.idx import IdxError
 from ganops.data.prepare import prepare
 
@@ -19,12 +20,15 @@ def main(argv: list[str]) -> int:
     try:
         p = params.load("params.yaml").prepare
         manifest = prepare(raw_dir=raw_dir, out_dir=out_dir, params=p)
-    except (params.ParamsError, IdxError) as e:
+    except (params.ParamsError, IdxError, FolderError) as e:
         print(f"prepare failed: {e}", file=sys.stderr)
         return 1
+    report = manifest.get("prepare_report")
+    details = (f"; {report['upscaled']} upscaled, skipped {report['skipped_hidden']} hidden and "
+               f"{report['skipped_not_an_image']} non-image files" if report else "")
     print(f"prepare: wrote {out_dir} ({manifest['dataset']}, {manifest['train']['count']} train / "
-          f"{manifest['test']['count']} test images, {manifest['num_classes']} classes) "
-          f"in {time.perf_counter() - start:.1f}s")
+          f"{manifest['test']['count']} test images of {manifest['resolution']}x{manifest['resolution']}x"
+          f"{manifest['channels']}, {manifest['num_classes']} classes{details}) in {time.perf_counter() - start:.1f}s")
     return 0
 
 

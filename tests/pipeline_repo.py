@@ -184,7 +184,7 @@ def make_pipeline_repo(tmp_path: Path, *, stages: list[str] | None = None,
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name, stage in kept.items():
         for dep in stage.get("deps", []):
-            if dep in produced:
+            if dep in produced or dep.startswith("${"):  # ${data.folder}: data/images, copied below
                 continue
             if not (REPO / dep).exists():
                 raise ValueError(f"dvc.yaml's stage {name!r} lists {REPO / dep}, which does not exist: "
@@ -209,6 +209,8 @@ def make_pipeline_repo(tmp_path: Path, *, stages: list[str] | None = None,
         _set(params, dotted, value)
     parse(params)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not (root / "data" / "images").exists():  # the default data.folder, a dep of download
+        shutil.copytree(REPO / "data" / "images", root / "data" / "images")
     (root / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/mlruns/\n__pycache__/\n")
 
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}

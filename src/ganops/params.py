@@ -25,14 +25,19 @@ AUGMENT_POLICIES = ("translation", "cutout")
 EMA_BN = ("recompute", "copy")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DATASETS = ("fashion-mnist", "mnist", "kmnist", "idx")  # datasets.py's catalogue, plus a user's IDX files
+DATASETS = ("fashion-mnist", "mnist", "kmnist", "idx", "folder")  # the catalogue, a user's IDX files or image folder
+RESOLUTIONS = (28, 32, 64)  # prepare.resolution: square images of this side
+CHANNELS = (1, 3)  # prepare.channels: grayscale or RGB
+TRANSFORMS = ("pad", "center-crop", "stretch")  # how a non-square or other-sized image becomes square
+RESAMPLE = ("lanczos", "bicubic", "bilinear", "box", "nearest")  # Pillow's resampling filters
+BACKGROUNDS = ("black", "white")  # what transparent pixels and padding become
 MIN_OPSET = 18  # the dynamo ONNX exporter's lowest supported opset
 PROVIDERS = ("auto", "cpu", "cuda")  # serve.providers: ONNX Runtime's CPU or CUDA provider; auto = CUDA if present
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def _choice(key: str, value, choices: tuple) -> None:
     if value not in choices:
-        raise ParamsError(f"unknown {key} '{value}' in params.yaml: choose one of {', '.join(choices)}")
+        raise ParamsError(f"unknown {key} '{value}' in params.yaml: choose one of {', '.join(map(str, choices))}")
 
 
 def _at_least(section: str, obj, low: float, keys: tuple[str, ...], *, strict: bool = False) -> None:
@@ -51,6 +56,10 @@ def _positive(section: str, obj, keys: tuple[str, ...]) -> None:
 class DataParams:
     dataset: str = "fashion-mnist"  # fashion-mnist | mnist | kmnist | idx
     idx_dir: str = ""  # for dataset "idx": a directory with train/t10k images and labels
+    # For dataset "folder": DIR/<class>/* (labelled) or images directly in DIR (unlabelled); DIR/train and
+    # DIR/test, when both exist, are the splits. A DVC dependency of download (dvc.yaml: ${data.folder}),
+    # so adding, removing or editing a file reruns the pipeline, and touching one does not.
+    folder: str = "data/images"
     mirrors: tuple[str, ...] = ()  # tried before the built-in mirrors: directories or http(s) base URLs
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
@@ -70,10 +79,23 @@ class DataParams:
 @dataclass(frozen=True)
 class PrepareParams:
     subset: int = 0  # training images kept (stratified by class); 0 keeps all
-    seed: int = 0  # which stratified subset
+    seed: int = 0  # which stratified subset, and which held-out test images of a folder without test/
+    resolution: int = 28  # side of the square images: 28, 32 or 64
+    channels: int = 1  # 1 (grayscale) or 3 (RGB)
+    transform: str = "pad"  # folder images that are not square: pad | center-crop | stretch
+    resample: str = "lanczos"  # Pillow's filter for resizing (smaller images are upscaled, and counted)
+    background: str = "black"  # transparent pixels are composited on it; padding has its colour
+    test_fraction: float = 0.1  # a folder without test/: this fraction of each class is held out
 
     def __post_init__(self):
         _at_least("prepare", self, 0, ("subset", "seed"))
+        _choice("prepare.resolution", self.resolution, RESOLUTIONS)
+        _choice("prepare.channels", self.channels, CHANNELS)
+        _choice("prepare.transform", self.transform, TRANSFORMS)
+        _choice("prepare.resample", self.resample, RESAMPLE)
+        _choice("prepare.background", self.background, BACKGROUNDS)
+        if not 0 < self.test_fraction < 1:
+            raise ParamsError(f"prepare.test_fraction must be in (0, 1) in params.yaml, got {self.test_fraction}")
 
 
 @dataclass(frozen=True)

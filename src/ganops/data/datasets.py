@@ -34,6 +34,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from ganops.data.folder import scan
 from ganops.fileio import atomic_dir, write_json
 from ganops.params import DATASETS, DataParams
 
@@ -389,8 +390,23 @@ def download(*, spec: DatasetSpec, out_dir: str | Path, mirrors: tuple[str, ...]
     return sources
 
 
+def inventory_folder(*, folder: str | Path, out_dir: str | Path) -> dict:
+    """The download stage of dataset "folder": the folder's inventory (every image's path, label and
+    SHA-256) as out_dir/sources.json. The images stay where they are; prepare decodes them and checks
+    each against its SHA-256 here, so data/raw changes exactly when the folder's content does."""
+    inventory = scan(folder)
+    sources = {"dataset": "folder", "folder": str(folder), "classes": list(inventory.classes or []) or None,
+               "inventory": inventory.to_json()}
+    with atomic_dir(out_dir) as tmp:
+        write_json(tmp / "sources.json", sources)
+    return sources
+
+
 def fetch(*, params: DataParams, out_dir: str | Path) -> dict:
-    """The download stage: resolve `params.dataset` and download it into `out_dir` (see `download`)."""
+    """The download stage: resolve `params.dataset` and download it into `out_dir` (see `download`);
+    for "folder", inventory the folder instead (`inventory_folder`)."""
+    if params.dataset == "folder":
+        return inventory_folder(folder=params.folder, out_dir=out_dir)
     spec = dataset_spec(params.dataset, idx_dir=params.idx_dir)
     return download(
         spec=spec,

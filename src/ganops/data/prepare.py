@@ -1,11 +1,15 @@
-"""The prepare stage: data/raw's validated IDX files -> data/prepared (optionally a stratified subset)."""
+"""The prepare stage: data/raw's IDX files or image folder -> validated data/prepared arrays."""
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from ganops.data.folder import FolderError, Inventory, decode, split_indices
 from ganops.data.idx import SPLIT_FILES, IdxError, read_split
 from ganops.data.prepared import write_prepared
 from ganops.params import PrepareParams
@@ -36,32 +40,87 @@ def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
 def prepare(*, raw_dir: str | Path, out_dir: str | Path, params: PrepareParams) -> dict:
     """Validate data/raw and write data/prepared (see ganops.data.prepared); return its manifest.
 
-    The class count is that of the built-in dataset, or for idx the largest train label + 1.
-    params.subset > 0 keeps a stratified subset of the train split, seeded by params.seed. Same input -> same bytes.
+    IDX datasets: the class count is that of the built-in dataset, or for idx the largest train label
+    + 1. Dataset "folder": the images of data/raw's inventory, decoded at params.resolution and
+    params.channels (ganops.data.folder). params.subset > 0 keeps a stratified subset of the train
+    split, seeded by params.seed. Same input -> same bytes.
     """
-    raw, subset, seed = Path(raw_dir), params.subset, params.seed
+    raw = Path(raw_dir)
     sources_path = raw / "sources.json"
     if not sources_path.is_file():
         raise IdxError(f"{sources_path} not found: run the download stage first (dvc repro download)")
     sources = json.loads(sources_path.read_text())
+    if sources["dataset"] == "folder":
+        splits, num_classes, extra, checksums = _folder_splits(sources, params)
+    else:
+        if (params.resolution, params.channels) != (28, 1):
+            raise IdxError(f"prepare.resolution {params.resolution} / prepare.channels {params.channels}: IDX "
+                           "datasets are 28x28 grayscale; set them to 28 and 1, or write the images out as a "
+                           "folder (data.dataset: folder) to pad, crop or resize them")
+        splits, num_classes, extra, checksums = _idx_splits(raw, sources)
+    if params.subset:
+        train_images, train_labels = splits["train"]
+        keep = stratified_subset(train_labels, size=params.subset, seed=params.seed)
+        splits["train"] = (train_images[keep], train_labels[keep])
+        extra["train_subset"] = {"size": params.subset, "seed": params.seed}
+    extra.update(resolution=params.resolution, channels=params.channels)
+    # Only content checksums go into the manifest (not which mirror served them), so the
+    # manifest, a lineage tag, is the same for the same data.
+    return write_prepared(out_dir, splits=splits, dataset=sources["dataset"], num_classes=num_classes,
+                          sources=dict(sorted(checksums.items())), extra=extra)
+
+
+def _idx_splits(raw: Path, sources: dict) -> tuple[dict, int, dict, dict]:
     splits, checksums = {}, {}
     for split in SPLIT_FILES:
         images, labels, sums = read_split(raw, split, sources)
         splits[split] = (images, labels)
         checksums.update(sums)
     classes = sources.get("classes")
-    train_labels = splits["train"][1]
-    num_classes = len(classes) if classes else int(train_labels.max(initial=0)) + 1
+    num_classes = len(classes) if classes else int(splits["train"][1].max(initial=0)) + 1
     for split, (_, labels) in splits.items():
         _check_labels(raw / SPLIT_FILES[split][1], labels, num_classes)
-    extra: dict[str, object] = {}
-    if classes:
-        extra["classes"] = list(classes)
-    if subset:
-        keep = stratified_subset(train_labels, size=subset, seed=seed)
-        splits["train"] = (splits["train"][0][keep], train_labels[keep])
-        extra["train_subset"] = {"size": subset, "seed": seed}
-    # Only content checksums go into the manifest (not which mirror served them), so the
-    # manifest, a lineage tag, is the same for the same data.
-    return write_prepared(out_dir, splits=splits, dataset=sources["dataset"], num_classes=num_classes,
-                          sources=dict(sorted(checksums.items())), extra=extra)
+    return splits, num_classes, ({"classes": list(classes)} if classes else {}), checksums
+
+
+def _folder_splits(sources: dict, params: PrepareParams) -> tuple[dict, int, dict, dict]:
+    """Decode every inventoried image (each checked against its SHA-256 first) and split them."""
+    inventory = Inventory.from_json(sources["inventory"])
+    root, entries = Path(sources["folder"]), inventory.entries
+    shape = (params.resolution, params.resolution) + ((3,) if params.channels == 3 else ())
+    images, upscaled = np.empty((len(entries), *shape), np.uint8), 0
+    for i, entry in enumerate(tqdm(entries, desc="prepare: decode", unit="img", leave=False, file=sys.stderr)):
+        path = root / entry.path
+        try:
+            changed = hashlib.sha256(path.read_bytes()).hexdigest() != entry.sha256
+        except OSError as e:
+            raise FolderError(f"cannot read {path} ({e.strerror}): it was inventoried by the download stage; "
+                              "rerun dvc repro (download first)") from e
+        if changed:
+            raise FolderError(f"{path} changed after the download stage inventoried it: rerun dvc repro, "
+                              "which inventories the folder again")
+        images[i], up = decode(path, resolution=params.resolution, channels=params.channels,
+                               transform=params.transform, resample=params.resample, background=params.background)
+        upscaled += up
+    labelled = inventory.classes is not None
+    labels = np.array([entry.label for entry in entries], np.int64)
+    if entries[0].split is not None:  # the folder's own train/ and test/
+        train = np.array([i for i, e in enumerate(entries) if e.split == "train"], np.int64)
+        test = np.array([i for i, e in enumerate(entries) if e.split == "test"], np.int64)
+    else:
+        if labelled:
+            counts = np.bincount(labels, minlength=len(inventory.classes))
+            for name, count in zip(inventory.classes, counts):
+                if count < 2:
+                    raise FolderError(
+                        f"class folder {root / name} has {count} image(s); held-out test images need at "
+                        "least 2 per class: add images, remove the folder, or give the folder train/ and test/")
+        train, test = split_indices(labels, test_fraction=params.test_fraction, seed=params.seed)
+    stored = labels if labelled else np.zeros_like(labels)  # unlabelled: one class, 0
+    splits = {"train": (images[train], stored[train]), "test": (images[test], stored[test])}
+    extra = {"classes": list(inventory.classes) if labelled else None, "labelled": labelled,
+             "prepare_report": {"images": len(entries), "upscaled": upscaled,
+                                "skipped_hidden": inventory.skipped["hidden"],
+                                "skipped_not_an_image": inventory.skipped["not_an_image"]}}
+    blob = json.dumps(sources["inventory"], sort_keys=True).encode()
+    return splits, (len(inventory.classes) if labelled else 1), extra, {"inventory": hashlib.sha256(blob).hexdigest()}

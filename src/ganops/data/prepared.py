@@ -3,7 +3,9 @@
     data/prepared/
       train_images.npy  uint8 [N, 28, 28]     train_labels.npy  uint8 [N]
       test_images.npy   uint8 [M, 28, 28]     test_labels.npy   uint8 [M]
-      manifest.json     dataset, num_classes, per split: count, class_histogram, SHA-256 of each array
+      manifest.json     dataset, num_classes, resolution, channels, per split: count, class_histogram,
+                        SHA-256 of each array; an image folder adds classes, labelled and prepare_report
+    (images are uint8 [N, R, R] for one channel, [N, R, R, 3] for RGB)
 """
 from __future__ import annotations
 
@@ -65,6 +67,20 @@ def load_manifest(directory: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the prepare stage first (dvc repro prepare)")
     return json.loads(path.read_text())
+
+
+def check_trainable(directory: str | Path, manifest: dict, *, needs_labels: bool, what: str) -> None:
+    """The nets and the classifier of this version take 28x28 grayscale images; the domain classifier
+    (and a conditional model) needs labels. Other prepared data stops here, saying so and the fix."""
+    shape = (manifest.get("resolution", 28), manifest.get("channels", 1))
+    if shape != (28, 1):
+        raise ValueError(
+            f"{directory} holds {shape[0]}x{shape[0]} images with {shape[1]} channel(s), but {what} takes "
+            "28x28 grayscale so far: set prepare.resolution: 28 and prepare.channels: 1 in params.yaml")
+    if needs_labels and not manifest.get("labelled", True):
+        raise ValueError(
+            f"{directory} is an unlabelled image folder, but {what} needs labels: put the images in "
+            "class folders (data.folder/<class>/...)")
 
 
 def manifest_hash(directory: str | Path) -> str:

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ganops.fileio import write_bytes, write_json
-from ganops.data.prepared import load_manifest, load_split, manifest_hash
+from ganops.data.prepared import check_trainable, load_manifest, load_split, manifest_hash
 
 # Bump when the architecture or preprocessing changes: the version string names the feature space
 # that fid, kid, precision, ... are measured in, so numbers from different extractors never mix.
@@ -166,6 +166,7 @@ def train_classifier(
             "fix the classifier section of params.yaml"
         )
     manifest = load_manifest(prepared_dir)
+    check_trainable(prepared_dir, manifest, needs_labels=True, what="the domain classifier (its metrics' features)")
     num_classes = int(manifest["num_classes"])
     train_x, train_y = load_split(prepared_dir, "train")
     test_x, test_y = load_split(prepared_dir, "test")

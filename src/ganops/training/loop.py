@@ -26,7 +26,7 @@ from ganops.training.augment import diff_augment
 from ganops.fileio import atomic_dir, write_bytes
 from ganops.networks import Discriminator, Generator, NetConfig, save_generator
 from ganops.params import Params, flatten
-from ganops.data.prepared import load_manifest, load_split
+from ganops.data.prepared import check_trainable, load_manifest, load_split
 
 GRID_SEEDS = range(64)  # the fixed latents of every sample grid: seeds 0..63, 8 per row
 GRID_COLUMNS = 8
@@ -61,6 +61,7 @@ def train(
     mp, tp = params.model, params.train  # their values were checked when Params was built
     prepared_dir, checkpoint_dir, report_dir = Path(prepared_dir), Path(checkpoint_dir), Path(report_dir)
     manifest = load_manifest(prepared_dir)
+    check_trainable(prepared_dir, manifest, needs_labels=mp.conditional, what="a conditional GAN" if mp.conditional else "the GAN")
     with training_process(tp.device) as proc:
         rank, world, device, main = proc.rank, proc.world, proc.device, proc.rank == 0
         precision = resolve_precision(tp.precision, device, announce=main)
