@@ -14,9 +14,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
-export DEBIAN_FRONTEND := noninteractive  # apt-get installs below never stop to ask
+# apt-get installs below never stop to ask (a comment on the line would become part of the value).
+export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup repro test ui data-package test-packages clean-venv
+.PHONY: help setup repro test ui data-package test-packages clean-venv
 .DEFAULT_GOAL := help
 
 help:
