@@ -27,7 +27,7 @@ def _imported(tree: ast.Module, *, package: str, src: Path) -> set[str]:
     """Dotted ganops module names that `tree` imports anywhere; `package` resolves relative imports."""
     skip: set[int] = set()
     for node in tree.body:
-        # PEP 562: a module-level __getattr__ runs only when its attribute is used (ganops.Generator:
+        # PEP 562: a module-level __getattr__ runs only when its attribute is used (ganops.OnnxGenerator:
         # stages that need it import ganops.serving.inference themselves), so its imports are not followed.
         if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
             skip.update(id(n) for n in ast.walk(node))
