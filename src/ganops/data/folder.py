@@ -13,6 +13,7 @@ Usage:
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import stat
@@ -251,10 +252,11 @@ def _bomb_error(path: Path, error: Exception) -> FolderError:
                        f"downscale the file below that limit")
 
 
-def _open(path: Path) -> Image.Image:
-    """The first frame of an image file, loaded and turned upright by its EXIF orientation."""
+def _open(path: Path, data: bytes | None) -> Image.Image:
+    """The first frame of an image file (or of its bytes `data`), loaded and turned upright by its EXIF
+    orientation."""
     try:
-        handle = path.open("rb")
+        handle = io.BytesIO(data) if data is not None else path.open("rb")
     except OSError as error:
         raise FolderError(f"cannot read {path}: {error.strerror}: fix its permissions or remove it") from error
     with handle, warnings.catch_warnings():
@@ -310,9 +312,10 @@ def _to_8bit(image: Image.Image, *, path: Path, background: int) -> Image.Image:
 
 
 def decode(path: str | Path, *, resolution: int, channels: int, transform: str, resample: str,
-           background: str) -> tuple[np.ndarray, bool]:
+           background: str, data: bytes | None = None) -> tuple[np.ndarray, bool]:
     """uint8 [resolution, resolution] (channels 1) or [resolution, resolution, 3] (channels 3), and
     whether the image was upscaled (smaller than `resolution` on its short side: upscaled, not refused).
+    `data`: the file's bytes when the caller has read them already (errors still name `path`).
 
     An image that is already resolution x resolution is returned without any resize, pixel for pixel.
     """
@@ -323,7 +326,7 @@ def decode(path: str | Path, *, resolution: int, channels: int, transform: str, 
     _check_choice("background", background, BACKGROUNDS)
     path = Path(path)
     fill = _BACKGROUND_VALUE[background]
-    image = _to_8bit(_open(path), path=path, background=fill)
+    image = _to_8bit(_open(path, data), path=path, background=fill)
     image = image.convert("L" if channels == 1 else "RGB")  # L: ITU-R 601-2 luma; RGB: grey replicated
     width, height = image.size
     upscaled = min(width, height) < resolution

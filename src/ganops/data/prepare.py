@@ -92,15 +92,16 @@ def _folder_splits(sources: dict, params: PrepareParams) -> tuple[dict, int, dic
     for i, entry in enumerate(tqdm(entries, desc="prepare: decode", unit="img", leave=False, file=sys.stderr)):
         path = root / entry.path
         try:
-            changed = hashlib.sha256(path.read_bytes()).hexdigest() != entry.sha256
+            blob = path.read_bytes()  # read once: the bytes checked are the bytes decoded
         except OSError as e:
             raise FolderError(f"cannot read {path} ({e.strerror}): it was inventoried by the download stage; "
                               "rerun dvc repro (download first)") from e
-        if changed:
+        if hashlib.sha256(blob).hexdigest() != entry.sha256:
             raise FolderError(f"{path} changed after the download stage inventoried it: rerun dvc repro, "
                               "which inventories the folder again")
         images[i], up = decode(path, resolution=params.resolution, channels=params.channels,
-                               transform=params.transform, resample=params.resample, background=params.background)
+                               transform=params.transform, resample=params.resample, background=params.background,
+                               data=blob)
         upscaled += up
     labelled = inventory.classes is not None
     labels = np.array([entry.label for entry in entries], np.int64)
