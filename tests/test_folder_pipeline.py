@@ -113,3 +113,18 @@ def test_dvc_reruns_download_and_prepare_on_content_not_timestamps(tmp_path: Pat
     added = repo.run("dvc repro")
     assert "inventoried 81 images" in added.stdout
     assert json.loads((repo.path / "data/prepared/manifest.json").read_text())["test"]["count"] == 21
+
+
+def test_decoding_in_worker_processes_gives_the_same_arrays(tmp_path: Path, monkeypatch):
+    import ganops.data.prepare as prepare_module
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((30, 20), 10 * i, np.uint8), mode="L").save(tmp_path / "images" / label / f"{i}.png")
+    fetch(params=DataParams(dataset="folder", folder=str(tmp_path / "images")), out_dir=tmp_path / "raw")
+    one = prepare(raw_dir=tmp_path / "raw", out_dir=tmp_path / "one", params=PrepareParams())
+    monkeypatch.setattr(prepare_module, "DECODE_CHUNK", 5)  # 5 chunks over 2 worker processes
+    many = prepare(raw_dir=tmp_path / "raw", out_dir=tmp_path / "many", params=PrepareParams())
+    assert many == one  # the manifest holds every array's SHA-256 and the upscaled count
+    assert one["prepare_report"]["upscaled"] == 24  # 20 px wide: upscaled to 28, and counted

@@ -1,18 +1,24 @@
 """The prepare stage: data/raw's IDX files or image folder -> validated data/prepared arrays."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ganops.data.folder import FolderError, Inventory, decode, split_indices
+from ganops.data.folder import Entry, FolderError, Inventory, decode, split_indices
 from ganops.data.idx import SPLIT_FILES, IdxError, read_split
 from ganops.data.prepared import write_prepared
 from ganops.params import PrepareParams
+
+DECODE_CHUNK = 2000  # images per task of the decoding processes
 
 
 def stratified_subset(labels: np.ndarray, *, size: int, seed: int) -> np.ndarray:
@@ -70,6 +76,28 @@ def prepare(*, raw_dir: str | Path, out_dir: str | Path, params: PrepareParams) 
                           sources=dict(sorted(checksums.items())), extra=extra)
 
 
+def _decode_chunk(job: tuple[Path, tuple[Entry, ...], PrepareParams]) -> tuple[np.ndarray, int]:
+    """Decode a run of inventoried images, each checked against its SHA-256: (pixels, upscaled count)."""
+    root, entries, params = job
+    shape = (params.resolution, params.resolution) + ((3,) if params.channels == 3 else ())
+    images, upscaled = np.empty((len(entries), *shape), np.uint8), 0
+    for i, entry in enumerate(entries):
+        path = root / entry.path
+        try:
+            blob = path.read_bytes()  # read once: the bytes checked are the bytes decoded
+        except OSError as e:
+            raise FolderError(f"cannot read {path} ({e.strerror}): it was inventoried by the download stage; "
+                              "rerun dvc repro (download first)") from e
+        if hashlib.sha256(blob).hexdigest() != entry.sha256:
+            raise FolderError(f"{path} changed after the download stage inventoried it: rerun dvc repro, "
+                              "which inventories the folder again")
+        images[i], up = decode(path, resolution=params.resolution, channels=params.channels,
+                               transform=params.transform, resample=params.resample, background=params.background,
+                               data=blob)
+        upscaled += up
+    return images, upscaled
+
+
 def _idx_splits(raw: Path, sources: dict) -> tuple[dict, int, dict, dict]:
     splits, checksums = {}, {}
     for split in SPLIT_FILES:
@@ -87,22 +115,21 @@ def _folder_splits(sources: dict, params: PrepareParams) -> tuple[dict, int, dic
     """Decode every inventoried image (each checked against its SHA-256 first) and split them."""
     inventory = Inventory.from_json(sources["inventory"])
     root, entries = Path(sources["folder"]), inventory.entries
-    shape = (params.resolution, params.resolution) + ((3,) if params.channels == 3 else ())
-    images, upscaled = np.empty((len(entries), *shape), np.uint8), 0
-    for i, entry in enumerate(tqdm(entries, desc="prepare: decode", unit="img", leave=False, file=sys.stderr)):
-        path = root / entry.path
-        try:
-            blob = path.read_bytes()  # read once: the bytes checked are the bytes decoded
-        except OSError as e:
-            raise FolderError(f"cannot read {path} ({e.strerror}): it was inventoried by the download stage; "
-                              "rerun dvc repro (download first)") from e
-        if hashlib.sha256(blob).hexdigest() != entry.sha256:
-            raise FolderError(f"{path} changed after the download stage inventoried it: rerun dvc repro, "
-                              "which inventories the folder again")
-        images[i], up = decode(path, resolution=params.resolution, channels=params.channels,
-                               transform=params.transform, resample=params.resample, background=params.background,
-                               data=blob)
-        upscaled += up
+    chunks = [entries[i : i + DECODE_CHUNK] for i in range(0, len(entries), DECODE_CHUNK)]
+    bar = functools.partial(tqdm, total=len(entries), desc="prepare: decode", unit="img", leave=False,
+                            file=sys.stderr)
+    jobs = [(root, chunk, params) for chunk in chunks]
+    if len(chunks) == 1:
+        decoded = [_decode_chunk(jobs[0])]
+    else:  # decoding is CPU-bound Python and Pillow: one process per core, chunks in order
+        with ProcessPoolExecutor(min(os.cpu_count() or 1, len(chunks)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool, bar() as progress:
+            decoded = []
+            for result in pool.map(_decode_chunk, jobs):
+                decoded.append(result)
+                progress.update(len(result[0]))
+    images = np.concatenate([pixels for pixels, _ in decoded])
+    upscaled = sum(count for _, count in decoded)
     labelled = inventory.classes is not None
     labels = np.array([entry.label for entry in entries], np.int64)
     if entries[0].split is not None:  # the folder's own train/ and test/
