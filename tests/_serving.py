@@ -109,5 +109,5 @@ def decode_png(data: bytes) -> np.ndarray:
     from PIL import Image
 
     image = Image.open(io.BytesIO(data))
-    assert image.mode == "L"
+    assert image.mode in ("L", "RGB")
     return np.asarray(image)

@@ -55,7 +55,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_saved_classifier_rebuilds_without_training_code(trained):
     prepared, out, report = trained
     model, meta = load_classifier(out / "model")
-    assert meta["config"] == {"num_classes": 10, "width": 8, "feature_dim": 16}
+    assert meta["config"] == {"num_classes": 10, "width": 8, "feature_dim": 16, "resolution": 28, "channels": 1}
     assert meta["feature_extractor_version"] == report["feature_extractor_version"]
     assert meta["data_manifest_sha256"] and meta["dataset"] == "synthetic"
     images, labels = load_split(prepared, "test")

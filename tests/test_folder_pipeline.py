@@ -2,6 +2,7 @@
 reruns them when a file's content changes (not its timestamp)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from PIL import Image
 from ganops.data.datasets import fetch
 from ganops.data.folder import FolderError
 from ganops.data.prepare import prepare
-from ganops.data.prepared import check_trainable, load_manifest, load_split
+from ganops.data.prepared import check_labelled, image_shape, load_manifest, load_split
 from ganops.params import DataParams, PrepareParams
 from pipeline_repo import make_pipeline_repo, write_synthetic_idx
 
@@ -52,10 +53,10 @@ def test_a_folder_of_pngs_prepares_the_same_arrays_as_its_idx_files(tmp_path: Pa
     assert manifest["classes"] == [str(k) for k in range(10)] and manifest["num_classes"] == 10
     assert manifest["prepare_report"] == {"images": 160, "upscaled": 0, "skipped_hidden": 1,
                                           "skipped_not_an_image": 1}
-    check_trainable(tmp_path / "prepared-folder", manifest, needs_labels=True, what="the classifier")
+    check_labelled(tmp_path / "prepared-folder", manifest, what="the classifier")  # labelled: no error
 
 
-def test_colour_and_larger_folders_are_prepared_and_refused_downstream_until_the_nets_take_them(tmp_path: Path):
+def test_colour_and_larger_folders_are_prepared_at_the_requested_shape(tmp_path: Path):
     rng = np.random.default_rng(0)
     for label in ("cat", "dog"):
         for i in range(5):
@@ -70,8 +71,7 @@ def test_colour_and_larger_folders_are_prepared_and_refused_downstream_until_the
     assert train_x.shape == (8, 32, 32, 3) and test_x.shape == (2, 32, 32, 3)
     assert sorted(test_y.tolist()) == [0, 1]  # stratified: one held-out image per class
     assert (manifest["resolution"], manifest["channels"], manifest["classes"]) == (32, 3, ["cat", "dog"])
-    with pytest.raises(ValueError, match=r"32x32 images with 3 channel\(s\), but the GAN takes 28x28 grayscale"):
-        check_trainable(tmp_path / "prepared", manifest, needs_labels=False, what="the GAN")
+    assert image_shape(manifest) == (32, 3)
 
 
 def test_unlabelled_folders_and_edits_after_the_inventory(tmp_path: Path):
@@ -81,8 +81,7 @@ def test_unlabelled_folders_and_edits_after_the_inventory(tmp_path: Path):
     manifest = prepare(raw_dir=tmp_path / "raw", out_dir=tmp_path / "prepared", params=PrepareParams(test_fraction=0.5))
     assert manifest["labelled"] is False and manifest["num_classes"] == 1 and manifest["classes"] is None
     with pytest.raises(ValueError, match="unlabelled image folder, but a conditional GAN needs labels"):
-        check_trainable(tmp_path / "prepared", load_manifest(tmp_path / "prepared"), needs_labels=True,
-                        what="a conditional GAN")
+        check_labelled(tmp_path / "prepared", load_manifest(tmp_path / "prepared"), what="a conditional GAN")
     # An image edited between the download and prepare stages is caught, not silently mixed in.
     Image.fromarray(np.full((28, 28), 255, np.uint8), mode="L").save(tmp_path / "3.png")
     with pytest.raises(FolderError, match=r"3\.png changed after the download stage inventoried it: rerun dvc repro"):
@@ -128,3 +127,41 @@ def test_decoding_in_worker_processes_gives_the_same_arrays(tmp_path: Path, monk
     many = prepare(raw_dir=tmp_path / "raw", out_dir=tmp_path / "many", params=PrepareParams())
     assert many == one  # the manifest holds every array's SHA-256 and the upscaled count
     assert one["prepare_report"]["upscaled"] == 24  # 20 px wide: upscaled to 28, and counted
+
+
+@pytest.mark.slow
+def test_a_colour_folder_runs_the_whole_pipeline_to_a_served_rgb_png(tmp_path: Path):
+    """3 classes of non-square RGB images -> dvc repro (every stage, 32 px RGB) -> ONNX -> ganops serve."""
+    import httpx
+    from _serving import decode_png, running
+
+    from ganops.params import ServeParams
+    from ganops.serving.app import create_app
+    from ganops.serving.inference import OnnxGenerator
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("blue", "green", "red")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(40):
+            pixels = rng.integers(0, 60, (30, 40, 3), dtype=np.uint8)
+            pixels[8:22, 10:30, 2 - k] = 220  # a class's colour in a box
+            Image.fromarray(pixels, mode="RGB").save(tmp_path / "images" / name / f"{i:02d}.png")
+    repo = make_pipeline_repo(tmp_path / "p", params_overrides={
+        "data.dataset": "folder", "data.folder": str(tmp_path / "images"), "prepare.subset": 0,
+        "prepare.resolution": 32, "prepare.channels": 3, "prepare.transform": "center-crop",
+        "prepare.test_fraction": 0.5})
+    out = repo.run("dvc repro")
+    assert "60 train / 60 test images of 32x32x3, 3 classes" in out.stdout, out.stdout
+    metrics = json.loads((repo.path / "reports/evaluate/metrics.json").read_text())
+    assert np.isfinite(metrics["fid"]) and metrics["fid_real"] < metrics["fid"]  # scored against a real floor
+    assert Image.open(repo.path / "reports/evaluate/samples.png").mode == "RGB"
+
+    generator = OnnxGenerator.from_onnx(repo.path / "models/generator.onnx", providers="cpu")
+    assert (generator.resolution, generator.channels, generator.image_shape) == (32, 3, (32, 32, 3))
+    expected = generator.generate([7])[0]
+    with running(create_app(generator=generator, config=ServeParams(providers="cpu"), api_key=None)) as url:
+        r = httpx.get(f"{url}/v1/images/7.png")
+        info = httpx.get(f"{url}/v1/model").json()
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).mode == "RGB"
+    assert np.array_equal(decode_png(r.content), expected)
+    assert (info["resolution"], info["channels"]) == (32, 3)

@@ -1,10 +1,18 @@
 """Shapes, ranges, conditioning, DCGAN init and save/load of every generator and discriminator."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from ganops.networks import Discriminator, Generator, NetConfig, load_generator, save_generator
+from ganops.networks import (
+    Discriminator,
+    Generator,
+    NetConfig,
+    load_generator,
+    save_generator,
+)
 
 CONFIGS = [
     NetConfig(arch=arch, z_dim=16, width=8, conditional=conditional, num_classes=10)
@@ -129,8 +137,8 @@ def test_net_config_from_params_carries_every_model_key():
 
     mp = ModelParams(width=32, conditional=True, g_upsample="transposed", d_norm="spectral", depth=2,
                      d_projection="pooled")
-    cfg = NetConfig.from_params(mp, num_classes=7)
-    assert asdict(cfg) == {**asdict(mp), "num_classes": 7}
+    cfg = NetConfig.from_params(mp, num_classes=7, resolution=64, channels=3)
+    assert asdict(cfg) == {**asdict(mp), "num_classes": 7, "resolution": 64, "channels": 3}
 
 
 def test_unknown_arch_names_the_choices():
@@ -150,3 +158,38 @@ def test_save_and_load_generator_round_trip(tmp_path, cfg: NetConfig):
     y = torch.arange(4) if cfg.conditional else None
     with torch.no_grad():
         assert torch.equal(G(z, y), loaded(z, y))
+
+
+@pytest.mark.parametrize("resolution", [28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("arch,depth", [("dcgan", 0), ("dcgan", 1), ("mlp", 0)])
+def test_nets_at_every_supported_size_and_channel_count(resolution, channels, arch, depth):
+    cfg = NetConfig(arch=arch, z_dim=16, width=8, conditional=True, g_upsample="resize", d_norm="batch",
+                    depth=depth, resolution=resolution, channels=channels)
+    G, D = Generator(cfg), Discriminator(cfg)
+    labels = torch.arange(4) % cfg.num_classes
+    images = G(torch.randn(4, 16), labels)
+    assert images.shape == (4, channels, resolution, resolution)
+    assert images.min() >= -1 and images.max() <= 1
+    logits = D(images, labels)
+    assert logits.shape == (4,)
+    logits.sum().backward()  # D's gradient reaches G's every parameter
+    assert all(p.grad is not None for p in G.parameters())
+
+
+def test_a_generator_json_without_resolution_or_channels_is_28_by_28_grayscale(tmp_path):
+    # Models saved before colour and other sizes existed still load, as what they were.
+    G = Generator(NetConfig(z_dim=16, width=8))
+    save_generator(tmp_path, G)
+    meta = json.loads((tmp_path / "generator.json").read_text())
+    for key in ("resolution", "channels"):
+        del meta["config"][key]
+    (tmp_path / "generator.json").write_text(json.dumps(meta))
+    loaded, _ = load_generator(tmp_path)
+    assert loaded.cfg.image_shape == (1, 28, 28)
+    assert loaded(torch.zeros(2, 16)).shape == (2, 1, 28, 28)
+
+
+def test_unsupported_sizes_are_refused():
+    with pytest.raises(ValueError, match="the nets take 28/32/64 px and 1/3 channel"):
+        NetConfig(resolution=48)

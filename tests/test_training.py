@@ -90,7 +90,8 @@ def test_short_run_writes_outputs_and_tracks_the_run(tmp_path, tiny_prepared, tr
     assert json.loads((tmp_path / "reports" / "mlflow_run.json").read_text())["run_id"] == run_id
     G, meta = load_generator(tmp_path / "gan")
     assert meta["config"] == {"arch": "dcgan", "z_dim": 16, "width": 8, "conditional": True, "num_classes": 10,
-                              "g_upsample": "resize", "d_norm": "batch", "depth": 0, "d_projection": "flat"}
+                              "g_upsample": "resize", "d_norm": "batch", "depth": 0, "d_projection": "flat",
+                              "resolution": 28, "channels": 1}
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     # No MLflow run id inside the model: the same weights must give the same bytes.
     assert meta["lineage"] == {

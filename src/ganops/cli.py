@@ -71,7 +71,7 @@ def _add_generate(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="write PNGs from seeds with an exported ONNX generator",
-        description="Generate 28x28 images from seeds with an exported generator (ONNX Runtime). "
+        description="Generate images from seeds with an exported generator (ONNX Runtime). "
         "A seed names the same image everywhere: the server, the pipeline and this command.",
         epilog="examples:\n"
         "  ganops generate --seeds 0-63 --out grid.png\n"

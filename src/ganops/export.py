@@ -91,6 +91,8 @@ def _metadata(meta: dict, lineage: dict) -> dict[str, str]:
         arch=cfg["arch"],
         z_dim=str(cfg["z_dim"]),
         conditional="true" if cfg["conditional"] else "false",
+        resolution=str(cfg.get("resolution", 28)),  # generator.json files before these keys: 28x28 grayscale
+        channels=str(cfg.get("channels", 1)),
         classes=json.dumps(list(classes)),  # the dataset's class names, for display
         ganops_version=ganops.__version__,
     )
@@ -166,7 +168,8 @@ def register_onnx(*, tracker, onnx_path: str | Path, sha256: str, register: bool
     inputs = {INPUT_Z: np.zeros((1, z_dim), dtype=np.float32)}
     if conditional:
         inputs[INPUT_LABEL] = np.zeros(1, dtype=np.int64)
-    outputs = {OUTPUT_IMAGE: np.zeros((1, 1, 28, 28), dtype=np.float32)}
+    side, channels = int(props.get("resolution", "28")), int(props.get("channels", "1"))
+    outputs = {OUTPUT_IMAGE: np.zeros((1, channels, side, side), dtype=np.float32)}
     return tracker.log_onnx_model(model, name="onnx-generator", inputs=inputs, outputs=outputs, metadata=props,
                                   registered_name=REGISTERED_MODEL if register else None, sha256=sha256)
 

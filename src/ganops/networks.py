@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ganops.fileio import write_bytes, write_json
-from ganops.params import ARCHS, D_NORMS, D_PROJECTIONS, G_UPSAMPLES, ModelParams
+from ganops.params import ARCHS, CHANNELS, D_NORMS, D_PROJECTIONS, G_UPSAMPLES, RESOLUTIONS, ModelParams
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class NetConfig:
     d_norm: str = "none"
     depth: int = 0  # dcgan: extra 3x3 convs at each of G's and D's two hidden resolutions
     d_projection: str = "flat"  # conditional dcgan D: project the label on flat or channel-pooled features
+    # The images (data/prepared's): generator.json files written before these keys are 28x28 grayscale.
+    resolution: int = 28
+    channels: int = 1
 
     def __post_init__(self):
         for key, value, choices in (("arch", self.arch, ARCHS), ("g_upsample", self.g_upsample, G_UPSAMPLES),
@@ -37,11 +40,25 @@ class NetConfig:
             raise ValueError(f"model.depth={self.depth}: must be >= 0, and 0 unless model.arch is dcgan")
         if self.d_projection != "flat" and not (self.conditional and self.arch == "dcgan"):
             raise ValueError(f"model.d_projection={self.d_projection}: only a conditional dcgan D projects")
+        if self.resolution not in RESOLUTIONS or self.channels not in CHANNELS:
+            raise ValueError(f"images of {self.resolution} px and {self.channels} channel(s): the nets take "
+                             f"{'/'.join(map(str, RESOLUTIONS))} px and {'/'.join(map(str, CHANNELS))} channel(s)")
+
+    @property
+    def base(self) -> int:
+        """Side of the dcgan's lowest-resolution map: two x2 steps up to the image (7, 8 or 16 px)."""
+        return self.resolution // 4
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.channels, self.resolution, self.resolution
 
     @classmethod
-    def from_params(cls, model: ModelParams, num_classes: int) -> NetConfig:
-        """The nets that params.yaml's `model` section describes, for data with `num_classes` classes."""
-        return cls(**asdict(model), num_classes=num_classes)
+    def from_params(cls, model: ModelParams, num_classes: int, *, resolution: int = 28,
+                    channels: int = 1) -> NetConfig:
+        """The nets that params.yaml's `model` section describes, for data with `num_classes` classes
+        of `resolution`-px images with `channels` channels (data/prepared's manifest says which)."""
+        return cls(**asdict(model), num_classes=num_classes, resolution=resolution, channels=channels)
 
 
 def _init_dcgan(module: nn.Module) -> None:
@@ -110,7 +127,7 @@ class ResizeConv(nn.Sequential):
 # In both nets activations run in place (~10% more img/s on the CPU): no layer here needs its output
 # un-activated for backward (convs, linears and batch norm save their inputs).
 class Generator(nn.Module):
-    """z [B, z_dim] (and labels [B] when conditional) -> images [B, 1, 28, 28] in [-1, 1]."""
+    """z [B, z_dim] (and labels [B] when conditional) -> images [B, C, R, R] in [-1, 1] (cfg.image_shape)."""
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
@@ -118,24 +135,24 @@ class Generator(nn.Module):
         in_dim = cfg.z_dim * 2 if cfg.conditional else cfg.z_dim
         # A label is embedded to a z-sized vector and concatenated to z.
         self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim) if cfg.conditional else None
-        w = cfg.width
+        w, s, pixels = cfg.width, cfg.base, cfg.channels * cfg.resolution ** 2
         if cfg.arch == "mlp":
             self.body = nn.Sequential(
                 nn.Linear(in_dim, 4 * w), nn.LeakyReLU(0.2, inplace=True),
                 nn.Linear(4 * w, 8 * w), nn.LeakyReLU(0.2, inplace=True),
                 nn.Linear(8 * w, 16 * w), nn.LeakyReLU(0.2, inplace=True),
-                nn.Linear(16 * w, 28 * 28), nn.Tanh(),
+                nn.Linear(16 * w, pixels), nn.Tanh(),
             )
         else:
             self.body = nn.Sequential(
-                nn.Linear(in_dim, 2 * w * 7 * 7, bias=False),
-                nn.Unflatten(1, (2 * w, 7, 7)),
+                nn.Linear(in_dim, 2 * w * s * s, bias=False),
+                nn.Unflatten(1, (2 * w, s, s)),
                 nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
                 *_g_convs(cfg.depth, 2 * w),
-                _upsample(cfg.g_upsample, 2 * w, w, bias=False),  # 7 -> 14
+                _upsample(cfg.g_upsample, 2 * w, w, bias=False),  # 7 -> 14 (8 -> 16, 16 -> 32)
                 nn.BatchNorm2d(w), nn.ReLU(inplace=True),
                 *_g_convs(cfg.depth, w),
-                _upsample(cfg.g_upsample, w, 1, bias=True),  # 14 -> 28
+                _upsample(cfg.g_upsample, w, cfg.channels, bias=True),  # 14 -> 28 (16 -> 32, 32 -> 64)
                 nn.Tanh(),
             )
         self.apply(_init_dcgan)
@@ -145,21 +162,21 @@ class Generator(nn.Module):
             if labels is None:
                 raise ValueError("this generator is conditional: pass labels")
             z = torch.cat([z, self.embed(labels)], dim=1)
-        return self.body(z).view(-1, 1, 28, 28)
+        return self.body(z).view(-1, *self.cfg.image_shape)
 
 
 class Discriminator(nn.Module):
-    """images [B, 1, 28, 28] (and labels when conditional) -> logits [B]; projection when conditional."""
+    """images [B, C, R, R] (and labels when conditional) -> logits [B]; projection when conditional."""
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
-        w = cfg.width
+        w, s = cfg.width, cfg.base
         if cfg.arch == "mlp":
             feat = 4 * w
             self.features = nn.Sequential(
                 nn.Flatten(),
-                nn.Linear(28 * 28, 8 * w), nn.LeakyReLU(0.2, inplace=True),
+                nn.Linear(cfg.channels * cfg.resolution ** 2, 8 * w), nn.LeakyReLU(0.2, inplace=True),
                 nn.Linear(8 * w, feat), nn.BatchNorm1d(feat) if cfg.d_norm == "batch" else nn.Identity(),
                 nn.LeakyReLU(0.2, inplace=True),
             )
@@ -167,10 +184,10 @@ class Discriminator(nn.Module):
             # d_norm "batch" normalises after the second conv as in Radford et al. (it couples the
             # samples of a batch, so not with per-sample gradient penalties); "spectral" bounds each
             # layer's Lipschitz constant (Miyato et al. 2018) instead.
-            feat = 2 * w * 7 * 7
+            feat = 2 * w * s * s
             norm = nn.BatchNorm2d(2 * w) if cfg.d_norm == "batch" else nn.Identity()
             self.features = nn.Sequential(
-                nn.Conv2d(1, w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),  # 28 -> 14
+                nn.Conv2d(cfg.channels, w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),  # 28 -> 14
                 *_d_convs(cfg.depth, w, cfg.d_norm == "batch"),
                 nn.Conv2d(w, 2 * w, 4, 2, 1, bias=cfg.d_norm != "batch"), norm,  # 14 -> 7
                 nn.LeakyReLU(0.2, inplace=True),
@@ -179,7 +196,7 @@ class Discriminator(nn.Module):
             )
         self.head = nn.Linear(feat, 1)
         # Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), phi(x)>. "flat": phi is
-        # every 7x7 feature, so a class can score a spatial template; "pooled": each channel summed
+        # every feature of the last map (7x7 at 28 px), so a class can score a spatial template; "pooled": each channel summed
         # over the map, as in the paper, so a class can only score which features are present.
         self.pool = cfg.d_projection == "pooled"
         proj = 2 * w if self.pool else feat

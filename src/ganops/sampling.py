@@ -28,19 +28,21 @@ def latents(seeds: Sequence[int], z_dim: int) -> np.ndarray:
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Generator output in [-1, 1], shape [N, 1, 28, 28] -> uint8 pixels [N, 28, 28]."""
+    """Generator output in [-1, 1], [N, 1, H, W] -> uint8 pixels [N, H, W]; [N, 3, H, W] -> [N, H, W, 3]
+    (the layout of data/prepared, PNG and Pillow)."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 4:
-        images = images[:, 0]
+        images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
     return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def grid(images: np.ndarray, ncol: int = 8, pad: int = 2) -> np.ndarray:
-    """Tile uint8 images [N, H, W] into one uint8 image with `ncol` columns and `pad` pixel gaps."""
-    n, h, w = images.shape
+    """Tile uint8 images [N, H, W] (or RGB [N, H, W, 3]) into one uint8 image with `ncol` columns and
+    `pad` pixel gaps."""
+    n, h, w = images.shape[:3]
     ncol = max(1, min(ncol, n))
     nrow = -(-n // ncol)
-    out = np.zeros((nrow * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.uint8)
+    out = np.zeros((nrow * (h + pad) + pad, ncol * (w + pad) + pad, *images.shape[3:]), dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, ncol)
         y, x = pad + r * (h + pad), pad + c * (w + pad)

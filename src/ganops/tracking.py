@@ -271,13 +271,13 @@ class Tracker:
             self.flush()
 
     def log_image(self, image, key: str, step: int) -> None:
-        """Log a uint8 [H, W] image as a stepped image (the MLflow UI shows a step slider)."""
+        """Log a uint8 [H, W] (or RGB [H, W, 3]) image as a stepped image (the MLflow UI shows a step slider)."""
         import numpy as np  # noqa: PLC0415
 
         array = np.asarray(image)
-        if array.dtype != np.uint8 or array.ndim != 2:
+        if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
             raise ValueError(
-                f"log_image({key!r}) wants a uint8 [H, W] array, got {array.dtype} {array.shape}: "
+                f"log_image({key!r}) wants a uint8 [H, W] or [H, W, 3] array, got {array.dtype} {array.shape}: "
                 "convert with ganops.sampling.to_uint8 / grid"
             )
         self._client.log_image(self.run_id, array, key=key, step=int(step), synchronous=True)

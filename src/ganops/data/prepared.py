@@ -69,15 +69,14 @@ def load_manifest(directory: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def check_trainable(directory: str | Path, manifest: dict, *, needs_labels: bool, what: str) -> None:
-    """The nets and the classifier of this version take 28x28 grayscale images; the domain classifier
-    (and a conditional model) needs labels. Other prepared data stops here, saying so and the fix."""
-    shape = (manifest.get("resolution", 28), manifest.get("channels", 1))
-    if shape != (28, 1):
-        raise ValueError(
-            f"{directory} holds {shape[0]}x{shape[0]} images with {shape[1]} channel(s), but {what} takes "
-            "28x28 grayscale so far: set prepare.resolution: 28 and prepare.channels: 1 in params.yaml")
-    if needs_labels and not manifest.get("labelled", True):
+def image_shape(manifest: dict) -> tuple[int, int]:
+    """(resolution, channels) of the prepared images; manifests written before both existed: (28, 1)."""
+    return int(manifest.get("resolution", 28)), int(manifest.get("channels", 1))
+
+
+def check_labelled(directory: str | Path, manifest: dict, *, what: str) -> None:
+    """The domain classifier and a conditional model need labels: an unlabelled folder stops here."""
+    if not manifest.get("labelled", True):
         raise ValueError(
             f"{directory} is an unlabelled image folder, but {what} needs labels: put the images in "
             "class folders (data.folder/<class>/...)")

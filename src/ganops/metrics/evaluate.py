@@ -34,13 +34,15 @@ class QualityGateError(RuntimeError):
 def generate(
     generator: Generator, *, num_samples: int, seed: int, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 images [N, 28, 28] from seeds seed .. seed+N-1 (labels i % num_classes when conditional).
+    """uint8 images [N, R, R] (RGB: [N, R, R, 3]) from seeds seed .. seed+N-1 (labels i % num_classes
+    when conditional).
 
     Images are quantised to uint8 like every served image, so the metrics judge what users get.
     """
     cfg = generator.cfg
     labels = np.arange(num_samples, dtype=np.int64) % cfg.num_classes if cfg.conditional else None
-    out = np.empty((num_samples, 28, 28), dtype=np.uint8)
+    channels, side = cfg.channels, cfg.resolution
+    out = np.empty((num_samples, side, side, *((3,) if channels == 3 else ())), dtype=np.uint8)
     starts = range(0, num_samples, batch_size)
     for start in tqdm(starts, desc="generate", unit="batch", leave=False):
         stop = min(start + batch_size, num_samples)

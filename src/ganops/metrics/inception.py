@@ -55,7 +55,8 @@ def _tf_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class InceptionPool3:
-    """The 2015-12-05 Inception network as TorchScript: uint8 [N, 28, 28] -> pool3 features [N, 2048].
+    """The 2015-12-05 Inception network as TorchScript: uint8 [N, H, W] (grayscale, tiled to RGB) or
+    [N, H, W, 3] -> pool3 features [N, 2048].
 
     On the CPU the images are split over `processes` single-thread worker processes (0: one per
     core): measured here, two single-thread processes run about twice the img/s of one two-thread
@@ -101,7 +102,8 @@ def _load_inception(path: Path, device: torch.device):
 @torch.inference_mode()
 def _pool3(model, images: np.ndarray, device: torch.device) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device).float()
-    x = x.unsqueeze(1).expand(-1, 3, -1, -1)  # grayscale tiled to 3 channels
+    # Grayscale [N, H, W] tiled to 3 channels; RGB [N, H, W, 3] as it is.
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     x = _tf_resize_bilinear(x, INCEPTION_SIZE)
     # The graph's own input scaling, (x - 128) / 128: [0, 255] -> [-1, 0.9921875].
     return model((x - 128.0) / 128.0).reshape(len(x), -1).cpu().numpy()

@@ -137,6 +137,7 @@ async def model_info(request: Request) -> dict:
     return {
         "model_sha256": g.sha256, "provider": g.provider, "z_dim": g.z_dim,
         "conditional": g.conditional, "num_classes": g.num_classes, "classes": svc.classes,
+        "resolution": g.resolution, "channels": g.channels,
         # A prefix, not a template with {seed} in it: a URL pattern reads as a link to follow.
         "image_url_prefix": svc.image_path("")[: -len(".png")],
         "image_url_form": "<image_url_prefix><seed>.png" + ("?label=<class>" if g.conditional else ""),
@@ -293,6 +294,7 @@ def create_app(*, generator: OnnxGenerator, config: ServeParams, api_key: str | 
                              max_wait_ms=config.max_wait_ms, queue_size=config.queue_size,
                              enabled=config.micro_batching, metrics=metrics, encode_png=png),
         contract=build_contract(conditional=generator.conditional, num_classes=generator.num_classes,
+                                image_shape=generator.image_shape,
                                 max_images=config.max_images),
         lineage=lineage,
         lineage_raw=[(k.lower().encode(), v.encode("latin-1")) for k, v in lineage.items()],
@@ -328,10 +330,11 @@ def create_app(*, generator: OnnxGenerator, config: ServeParams, api_key: str | 
     lineage = {"ETag": _header("strong: model, seed and label"), "Cache-Control": _header("caching"),
                "X-Ganops-Model-Sha256": _header("the model that drew it"),
                "X-Ganops-Seed": _header("the seed")}
-    image_docs = {200: _doc("a 28x28 grayscale PNG", content=_PNG, headers=lineage),
+    what = f"a {generator.resolution}x{generator.resolution} {'RGB' if generator.channels == 3 else 'grayscale'} PNG"
+    image_docs = {200: _doc(what, content=_PNG, headers=lineage),
                   304: _doc("If-None-Match matched the ETag"), **_ERRORS}
     v1.add_api_route(LATEST_ROUTE.removeprefix("/v1"), latest_image, response_class=Response, responses={
-        **image_docs, 200: _doc("a 28x28 grayscale PNG", content=_PNG, headers={
+        **image_docs, 200: _doc(what, content=_PNG, headers={
             **lineage, "Content-Location": _header("the permanent URL of this image")})},
         openapi_extra={"parameters": svc.contract.image_parameters(sha256=None)})
     v1.add_api_route(VERSIONED_ROUTE.removeprefix("/v1"), versioned_image, response_class=Response,

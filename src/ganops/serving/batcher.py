@@ -36,7 +36,7 @@ class MicroBatcher:
         batcher = MicroBatcher(generator=g, max_batch=64, max_wait_ms=2, queue_size=256,
                                enabled=True, metrics=Metrics(), encode_png=png)
         await batcher.start()
-        images = await batcher.submit(z, labels)             # uint8 [n, 28, 28]
+        images = await batcher.submit(z, labels)             # uint8 [n, R, R] (RGB: [n, R, R, 3])
         pngs = await batcher.submit(z, labels, png=True)     # n PNG files
         batcher.close()                                      # shutdown begins (signal-safe)
         await batcher.stop()                                 # every waiting request answered
@@ -129,7 +129,7 @@ class MicroBatcher:
 
     async def submit(self, z: np.ndarray, labels: np.ndarray | None, *, png: bool = False
                      ) -> np.ndarray | list[bytes]:
-        """Latents [n, z_dim] (+ labels [n]) -> uint8 images [n, 28, 28], or n PNGs with `png`.
+        """Latents [n, z_dim] (+ labels [n]) -> uint8 images [n, R, R] (or [n, R, R, 3]), or n PNGs with `png`.
 
         Raises Overloaded when `queue_size` requests are already waiting, ShuttingDown after close().
         """

@@ -151,8 +151,10 @@ class Contract:
         return params
 
 
-def build_contract(*, conditional: bool, num_classes: int | None, max_images: int) -> Contract:
-    """The request models for a model with (or without) `num_classes` classes and these limits."""
+def build_contract(*, conditional: bool, num_classes: int | None, max_images: int,
+                   image_shape: tuple[int, ...] = (28, 28)) -> Contract:
+    """The request models for a model with (or without) `num_classes` classes, images of
+    `image_shape` ([R, R] or [R, R, 3]) and these limits."""
     labels: dict[str, Any] = {}
     label: dict[str, Any] = {}
     if conditional:
@@ -165,7 +167,7 @@ def build_contract(*, conditional: bool, num_classes: int | None, max_images: in
     options = {
         "format": (Literal["grid", "png", "npy"], Field(
             "grid", description="grid: one PNG (image/png); png: JSON {images: [{seed, label, png_base64}]}; "
-            "npy: NumPy .npy of uint8 [N, 28, 28] (application/octet-stream)")),
+            f"npy: NumPy .npy of uint8 [N, {', '.join(map(str, image_shape))}] (application/octet-stream)")),
         "ncol": (Int(ge=1, le=256), Field(8, description="grid columns")),
     }
     seeds_form = create_model(

@@ -85,6 +85,9 @@ def _decode_metadata(props: dict[str, str], path: Path) -> dict:
         meta["conditional"] = {"true": True, "false": False}[props["conditional"]]
         meta["num_classes"] = int(props["num_classes"]) if meta["conditional"] else None
         meta["classes"] = json.loads(props.get("classes", "[]"))
+        # Exports made before these keys are 28x28 grayscale.
+        meta["resolution"] = int(props.get("resolution", "28"))
+        meta["channels"] = int(props.get("channels", "1"))
     except (KeyError, ValueError) as e:
         raise ValueError(
             f"{path} lacks ganops metadata ({e!r}); export it with the export stage "
@@ -109,6 +112,10 @@ class OnnxGenerator:
         self.z_dim: int = self.metadata["z_dim"]
         self.num_classes: int | None = self.metadata["num_classes"]  # None: no label input
         self.conditional: bool = self.metadata["conditional"]
+        self.resolution: int = self.metadata["resolution"]
+        self.channels: int = self.metadata["channels"]
+        # What generate() returns per image: [R, R] grayscale or [R, R, 3] RGB (PNG's and Pillow's layout).
+        self.image_shape: tuple[int, ...] = (self.resolution, self.resolution) + ((3,) if self.channels == 3 else ())
         self.provider: str = session.get_providers()[0]
         inputs = {i.name for i in session.get_inputs()}
         expected = {INPUT_Z, INPUT_LABEL} if self.conditional else {INPUT_Z}
@@ -174,7 +181,7 @@ class OnnxGenerator:
         return arr.astype(np.int64)
 
     def run(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """Latents float32 [N, z_dim] (and int64 labels [N] when conditional) -> float32 [N, 1, 28, 28]."""
+        """Latents float32 [N, z_dim] (and int64 labels [N] when conditional) -> float32 [N, C, R, R]."""
         z = np.asarray(z)
         if z.ndim != 2 or z.shape[1] != self.z_dim or z.shape[0] == 0:
             raise ValueError(f"z must have shape [N >= 1, {self.z_dim}], got {list(z.shape)}")
@@ -189,7 +196,8 @@ class OnnxGenerator:
     def generate(
         self, seeds: Sequence[int], labels: int | Sequence[int] | None = None, *, batch_size: int = 256
     ) -> np.ndarray:
-        """Seeds (via `ganops.sampling.latent`) -> uint8 images [N, 28, 28], in batches of `batch_size`.
+        """Seeds (via `ganops.sampling.latent`) -> uint8 images [N, R, R] (RGB: [N, R, R, 3]), in batches
+        of `batch_size`.
 
         `labels` is one class for all images or one per seed; required iff the model is conditional.
         """
@@ -200,7 +208,7 @@ class OnnxGenerator:
             if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= MAX_SEED:
                 raise ValueError(f"seeds must be integers in [0, {MAX_SEED}], got {s!r}")
         checked = self._check_labels(labels, len(seeds))
-        out = np.empty((len(seeds), 28, 28), dtype=np.uint8)
+        out = np.empty((len(seeds), *self.image_shape), dtype=np.uint8)
         for start in range(0, len(seeds), batch_size):
             stop = start + batch_size
             z = latents(seeds[start:stop], self.z_dim)
@@ -210,4 +218,5 @@ class OnnxGenerator:
 
     def __repr__(self) -> str:
         kind = f"conditional, {self.num_classes} classes" if self.conditional else "unconditional"
-        return f"OnnxGenerator({str(self.path)!r}, z_dim={self.z_dim}, {kind}, provider={self.provider})"
+        shape = f"{self.resolution}x{self.resolution}{' RGB' if self.channels == 3 else ''}"
+        return f"OnnxGenerator({str(self.path)!r}, {shape}, z_dim={self.z_dim}, {kind}, provider={self.provider})"

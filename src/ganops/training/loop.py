@@ -26,7 +26,7 @@ from ganops.training.augment import diff_augment
 from ganops.fileio import atomic_dir, write_bytes
 from ganops.networks import Discriminator, Generator, NetConfig, save_generator
 from ganops.params import Params, flatten
-from ganops.data.prepared import check_trainable, load_manifest, load_split
+from ganops.data.prepared import check_labelled, image_shape, load_manifest, load_split
 
 GRID_SEEDS = range(64)  # the fixed latents of every sample grid: seeds 0..63, 8 per row
 GRID_COLUMNS = 8
@@ -61,13 +61,15 @@ def train(
     mp, tp = params.model, params.train  # their values were checked when Params was built
     prepared_dir, checkpoint_dir, report_dir = Path(prepared_dir), Path(checkpoint_dir), Path(report_dir)
     manifest = load_manifest(prepared_dir)
-    check_trainable(prepared_dir, manifest, needs_labels=mp.conditional, what="a conditional GAN" if mp.conditional else "the GAN")
+    if mp.conditional:
+        check_labelled(prepared_dir, manifest, what="a conditional GAN (model.conditional: true)")
     with training_process(tp.device) as proc:
         rank, world, device, main = proc.rank, proc.world, proc.device, proc.rank == 0
         precision = resolve_precision(tp.precision, device, announce=main)
         images, labels = _load_images(prepared_dir, device)
         n, batch = images.shape[0], tp.batch_size
-        cfg = NetConfig.from_params(mp, int(manifest["num_classes"]))
+        resolution, channels = image_shape(manifest)
+        cfg = NetConfig.from_params(mp, int(manifest["num_classes"]), resolution=resolution, channels=channels)
         steps_per_epoch, total = _run_length(tp, n=n, world=world, prepared_dir=prepared_dir)
         # Loaded before training: a missing classifier must not fail the run after its first epoch.
         curve = QualityCurve(
@@ -322,14 +324,16 @@ def _window_start(step: int, log_every: int, steps_per_epoch: int) -> int:
 
 
 def _load_images(prepared_dir: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole training split on the device: uint8 [N, 1, 28, 28] and int64 labels [N]."""
+    """The whole training split on the device: uint8 [N, C, R, R] and int64 labels [N]."""
     images, labels = load_split(prepared_dir, "train")
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+    if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)):
         raise ValueError(
-            f"{prepared_dir}/train_images.npy is {images.dtype} {images.shape}, expected uint8 "
-            "[N, 28, 28]: rerun the prepare stage (dvc repro prepare)"
+            f"{prepared_dir}/train_images.npy is {images.dtype} {images.shape}, expected uint8 [N, R, R] "
+            "or [N, R, R, 3]: rerun the prepare stage (dvc repro prepare)"
         )
-    return torch.from_numpy(images).unsqueeze(1).to(device), torch.from_numpy(labels).to(device)
+    tensor = torch.from_numpy(images)
+    tensor = tensor.unsqueeze(1) if images.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
+    return tensor.to(device), torch.from_numpy(labels).to(device)
 
 
 def _epoch_order(seed: int, epoch: int, n: int, rank: int, world: int, device) -> torch.Tensor:
