@@ -60,7 +60,7 @@ def test_one_file_opset_names_and_metadata(tmp_path):
     assert props == {
         "git_commit": "0123abc", "data_manifest_sha256": "d" * 64, "params_sha256": "p" * 64,
         "dataset": "synthetic", "mlflow_run_id": "r1", "arch": "dcgan", "z_dim": "16",
-        "num_classes": "10", "conditional": "true", "ganops_version": "0.1.0",
+        "num_classes": "10", "conditional": "true", "ganops_version": "0.1.0", "resolution": "28", "channels": "1",
         "classes": json.dumps([f"c{i}" for i in range(10)]),
     }
     # Source paths and stack traces would tie the bytes to the checkout's location.
