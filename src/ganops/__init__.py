@@ -1,4 +1,4 @@
-"""ganops: a reproducible GAN pipeline for 28x28 grayscale images, from raw bytes to an ONNX server."""
+"""ganops: a reproducible GAN pipeline for small images (28, 32 or 64 px, grayscale or RGB), from raw bytes to an ONNX server."""
 from __future__ import annotations
 
 __version__ = "0.1.0"
