@@ -87,12 +87,13 @@ def manifest_hash(directory: str | Path) -> str:
     return hashlib.sha256((Path(directory) / "manifest.json").read_bytes()).hexdigest()
 
 
-def load_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [N, 28, 28], labels int64 [N]) of one split."""
+def load_split(directory: str | Path, split: str, *, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, R, R] or [N, R, R, 3], labels int64 [N]) of one split; `mmap`: the images
+    memory-mapped read-only (rows are read from disk when used), not loaded whole."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     directory = Path(directory)
     load_manifest(directory)
-    images = np.load(directory / f"{split}_images.npy", allow_pickle=False)
+    images = np.load(directory / f"{split}_images.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
     labels = np.load(directory / f"{split}_labels.npy", allow_pickle=False).astype(np.int64)
     return images, labels

@@ -66,7 +66,7 @@ def train(
     with training_process(tp.device) as proc:
         rank, world, device, main = proc.rank, proc.world, proc.device, proc.rank == 0
         precision = resolve_precision(tp.precision, device, announce=main)
-        images, labels = _load_images(prepared_dir, device)
+        images, labels = _load_images(prepared_dir)  # memory-mapped: a set larger than RAM trains too
         n, batch = images.shape[0], tp.batch_size
         resolution, channels = image_shape(manifest)
         cfg = NetConfig.from_params(mp, int(manifest["num_classes"]), resolution=resolution, channels=channels)
@@ -104,7 +104,7 @@ def train(
             for step in range(start, total):
                 epoch, i = divmod(step, steps_per_epoch)
                 if epoch != order_epoch:
-                    order, order_epoch = _epoch_order(tp.seed, epoch, n, rank, world, device), epoch
+                    order, order_epoch = _epoch_order(tp.seed, epoch, n, rank, world, "cpu"), epoch
                     bar.set_description(f"epoch {epoch + 1}/{tp.epochs}")
                 schedules.set_lr(((nets.opt_g, tp.lr_g), (nets.opt_d, tp.lr_d)),
                                  schedules.lr_scale(tp, step=step, total=total))
@@ -112,8 +112,8 @@ def train(
                 # Discriminator step(s); the last one's fakes are reused by the generator step.
                 for k in range(tp.d_steps):
                     idx = order[(i * tp.d_steps + k) * batch : (i * tp.d_steps + k + 1) * batch]
-                    real = images[idx].float() / 127.5 - 1.0
-                    y = labels[idx] if cfg.conditional else None
+                    real = _real_batch(images, idx, device)
+                    y = labels[idx].to(device) if cfg.conditional else None
                     z = torch.randn(batch, cfg.z_dim, device=device)
                     with torch.set_grad_enabled(k == tp.d_steps - 1), autocast():
                         fake = G_train(z, y)
@@ -323,17 +323,23 @@ def _window_start(step: int, log_every: int, steps_per_epoch: int) -> int:
     return max(step // log_every * log_every, step // steps_per_epoch * steps_per_epoch)
 
 
-def _load_images(prepared_dir: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole training split on the device: uint8 [N, C, R, R] and int64 labels [N]."""
-    images, labels = load_split(prepared_dir, "train")
+def _load_images(prepared_dir: Path) -> tuple[np.ndarray, torch.Tensor]:
+    """The training split: images memory-mapped (uint8 [N, R, R] or [N, R, R, 3]: each batch reads only
+    its own rows, so peak memory does not grow with the set) and int64 labels [N] on the CPU."""
+    images, labels = load_split(prepared_dir, "train", mmap=True)
     if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)):
         raise ValueError(
             f"{prepared_dir}/train_images.npy is {images.dtype} {images.shape}, expected uint8 [N, R, R] "
             "or [N, R, R, 3]: rerun the prepare stage (dvc repro prepare)"
         )
-    tensor = torch.from_numpy(images)
-    tensor = tensor.unsqueeze(1) if images.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
-    return tensor.to(device), torch.from_numpy(labels).to(device)
+    return images, torch.from_numpy(labels)
+
+
+def _real_batch(images: np.ndarray, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows `idx` (in that order) of the mapped images as float [B, C, R, R] in [-1, 1] on `device`."""
+    batch = torch.from_numpy(np.ascontiguousarray(images[idx.numpy()])).to(device)
+    batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+    return batch.float() / 127.5 - 1.0
 
 
 def _epoch_order(seed: int, epoch: int, n: int, rank: int, world: int, device) -> torch.Tensor:
