@@ -39,6 +39,9 @@ COVERED_ELSEWHERE = {
     "export MLFLOW_TRACKING_URI=http://mlflow-host:5000": "tests/test_mlflow_postgres.py",
     "dvc remote add -d storage <url>": "tests/test_dvc_remote.py",
     "dvc exp diff <exp-a> <exp-b>": "tests/test_experiments.py",
+    # The tour's tiny repo has no image folder; the test writes one and runs every stage on it.
+    "dvc exp run -n my-images -S data.dataset=folder -S prepare.resolution=32 -S prepare.channels=3":
+        "tests/test_folder_pipeline.py",
     "dvc plots diff <exp-a> <exp-b>": "tests/test_experiments.py",
     # The chosen 20-epoch configurations: hours of CPU with Inception scoring; the test runs the
     # evaluate.inception toggle through DVC on tiny data.
