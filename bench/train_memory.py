@@ -59,10 +59,18 @@ def write_prepared_set(directory: Path, n: int, side: int = 64, block: int = 100
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=400000)
+    ap.add_argument("--write-only", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write_only:
+        write_prepared_set(args.write_only, args.images)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared"
-        size = write_prepared_set(prepared, args.images)
+        # Written by another process: a child forked from a process that touched the whole set would
+        # start with its memory counted in ru_maxrss (measured: 4.8 GB for a 4.7 GB set).
+        subprocess.run([sys.executable, __file__, "--images", str(args.images), "--write-only", str(prepared)],
+                       check=True)
+        size = (prepared / "train_images.npy").stat().st_size
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "OMP_NUM_THREADS": "2"}
         print("| how the split is read | set on disk MB | peak RSS MB | set / RSS | img/s |\n| --- | ---: | ---: | ---: | ---: |")
         for how in ("mmap", "whole"):
