@@ -167,8 +167,8 @@ def test_verification_rule(spec, served_gz, gz_md5, sha256, size, outcome):
 
 
 def test_catalogue():
-    assert DATASETS == ("fashion-mnist", "mnist", "kmnist", "idx")
-    assert DATASETS == (*CATALOGUE, "idx")  # params' list, checked against the catalogue it names
+    assert DATASETS == ("fashion-mnist", "mnist", "kmnist", "idx", "folder")
+    assert DATASETS == (*CATALOGUE, "idx", "folder")  # params' list, checked against the catalogue it names
     fashion = CATALOGUE["fashion-mnist"]
     assert fashion.mirrors[0] == str(FASHION_DIR)
     assert all(m.startswith("https://") or m.startswith("http://") for m in fashion.mirrors[1:])
