@@ -31,7 +31,8 @@ def _num(value: str) -> float | None:
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return "" if value is None else f"{value:#.{digits}g}" if abs(value) < 1 else f"{value:.{digits - 1}f}"
+    # None or NaN (no row of the group measured it, e.g. a checkpoint scored outside the pipeline): blank
+    return "" if value is None or value != value else f"{value:#.{digits}g}" if abs(value) < 1 else f"{value:.{digits - 1}f}"
 
 
 def _config(name: str) -> str:
