@@ -24,8 +24,12 @@ def main(argv: list[str]) -> int:
     except (params.ParamsError, ValueError, FileNotFoundError) as e:
         print(f"classifier failed: {e}", file=sys.stderr)
         return 1
-    print(f"classifier: wrote {model_dir} ({report['feature_extractor_version']}), test accuracy "
-          f"{report['test_accuracy']:.4f} (worst class {report['min_class_accuracy']:.4f}) after "
+    if report["task"] == "classes":
+        score = f"test accuracy {report['test_accuracy']:.4f} (worst class {report['min_class_accuracy']:.4f})"
+    else:
+        score = (f"unlabelled set: rotation accuracy {report['rotation_accuracy']:.4f} "
+                 f"(worst angle {report['min_rotation_accuracy']:.4f})")
+    print(f"classifier: wrote {model_dir} ({report['feature_extractor_version']}), {score} after "
           f"{report['train_steps']} steps, in {time.perf_counter() - start:.1f}s")
     return 0
 

@@ -15,8 +15,11 @@ from ganops.metrics.classifier import (
     WEIGHTS_FILE,
     extract,
     load_classifier,
+    rotate,
+    to_input,
     train_classifier,
 )
+from ganops.metrics.reference import build_reference
 from ganops.data.prepared import load_split, write_prepared
 
 
@@ -55,7 +58,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_saved_classifier_rebuilds_without_training_code(trained):
     prepared, out, report = trained
     model, meta = load_classifier(out / "model")
-    assert meta["config"] == {"num_classes": 10, "width": 8, "feature_dim": 16, "resolution": 28, "channels": 1}
+    assert meta["config"] == {"num_classes": 10, "width": 8, "feature_dim": 16, "resolution": 28, "channels": 1,
+                              "task": "classes"}
     assert meta["feature_extractor_version"] == report["feature_extractor_version"]
     assert meta["data_manifest_sha256"] and meta["dataset"] == "synthetic"
     images, labels = load_split(prepared, "test")
@@ -81,3 +85,55 @@ def test_bad_params_are_rejected(tiny_prepared, tmp_path):
     with pytest.raises(ValueError, match="classifier section of params.yaml"):
         train_classifier(prepared_dir=tiny_prepared, model_dir=tmp_path / "m", report_path=tmp_path / "r",
                          seed=0, epochs=0, batch_size=32, lr=1e-3, width=8, feature_dim=16)
+
+
+def _upright_shapes(n: int, seed: int, channels: int = 1) -> np.ndarray:
+    """Noise with a bright block hanging from the top edge, left of centre: any turn of it shows."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 50, size=(n, 28, 28, 3) if channels == 3 else (n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        images[i, : rng.integers(6, 12), rng.integers(2, 6) : rng.integers(10, 14)] = 230
+    return images
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("unlabelled")
+    splits = {split: (_upright_shapes(n, seed, channels=3), np.zeros(n, np.uint8))
+              for split, n, seed in (("train", 240, 0), ("test", 100, 1))}
+    write_prepared(root / "prepared", splits=splits, dataset="folder", num_classes=1, sources={},
+                   extra={"labelled": False, "classes": None, "resolution": 28, "channels": 3})
+    return root / "prepared"
+
+
+def test_rotate_turns_each_image_like_numpy(unlabelled):
+    images, _ = load_split(unlabelled, "test")
+    k = torch.tensor([0, 1, 2, 3, 1])
+    turned = rotate(to_input(images[:5]), k)
+    for i, quarter in enumerate(k.tolist()):
+        np.testing.assert_array_equal(turned[i].numpy(), to_input(np.rot90(images[i : i + 1], quarter, axes=(1, 2)))[0].numpy())
+
+
+def test_an_unlabelled_set_trains_the_rotation_task_deterministically(unlabelled, tmp_path):
+    a = _train(unlabelled, tmp_path / "a")
+    b = _train(unlabelled, tmp_path / "b")
+    assert a == b and a["task"] == "rotation"
+    assert a["feature_extractor_version"].startswith(ARCH_VERSION + "-rotation-")  # never mixed with class features
+    report = json.loads((tmp_path / "a/report.json").read_text())
+    assert set(report) == {"rotation_accuracy", "min_rotation_accuracy", "train_steps"}
+    assert report["rotation_accuracy"] >= 0.9 and report["min_rotation_accuracy"] >= 0.75  # chance: 0.25
+    model, meta = load_classifier(tmp_path / "a" / "model")
+    assert (meta["config"]["task"], meta["config"]["num_classes"], meta["config"]["channels"]) == ("rotation", 4, 3)
+    # Upright real images are seen as upright; their features feed the reference like class features do.
+    images, _ = load_split(unlabelled, "test")
+    _, predicted = extract(model, images)
+    assert (predicted == 0).mean() >= 0.9
+    ref = build_reference(prepared_dir=unlabelled, classifier_dir=tmp_path / "a" / "model", out_dir=tmp_path / "ref")
+    assert ref["labelled"] is False and ref["num_classes"] == 1 and ref["class_histogram"] == [100]
+
+
+def test_a_classifier_of_the_other_task_is_refused_by_the_reference(unlabelled, trained, tmp_path):
+    labelled_prepared, out, _ = trained
+    with pytest.raises(ValueError, match=r"labelled: False\) is not the data .* \(classes, 10 outputs\): rerun the classifier"):
+        build_reference(prepared_dir=unlabelled, classifier_dir=out / "model", out_dir=tmp_path / "ref")
+    assert not (tmp_path / "ref").exists()

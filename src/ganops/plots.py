@@ -23,16 +23,18 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def class_histogram_png(generated: np.ndarray, real: np.ndarray, classes: list[str], coverage: float) -> bytes:
-    """Bar chart of class shares, generated (as the classifier sees them) vs real test labels."""
+def class_histogram_png(generated: np.ndarray, real: np.ndarray, classes: list[str], *, title: str,
+                        real_label: str = "real (test labels)", generated_label: str = "generated (classifier)",
+                        ylabel: str = "share of samples") -> bytes:
+    """Bar chart of the shares per class (or per rotation, unlabelled), generated vs real."""
     fig = _figure((8, 4))
     ax = fig.add_subplot()
     x = np.arange(len(classes))
-    ax.bar(x - 0.2, real / real.sum(), width=0.4, label="real (test labels)")
-    ax.bar(x + 0.2, generated / max(generated.sum(), 1), width=0.4, label="generated (classifier)")
+    ax.bar(x - 0.2, real / max(real.sum(), 1), width=0.4, label=real_label)
+    ax.bar(x + 0.2, generated / max(generated.sum(), 1), width=0.4, label=generated_label)
     ax.set_xticks(x, classes, rotation=30, ha="right")
-    ax.set_ylabel("share of samples")
-    ax.set_title(f"class_coverage {coverage:.3f}")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
     return _png(fig)
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ganops.fileio import atomic_dir
+from ganops.fileio import atomic_dir, sha256_file
 
 SPLITS = ("train", "test")
 
@@ -38,26 +39,54 @@ def write_prepared(
 ) -> dict:
     """Write every split's arrays and the manifest into `directory`, atomically as a whole.
 
-    `splits` maps "train"/"test" to (images uint8 [N, 28, 28], labels uint8 [N]). Same input gives
-    byte-identical files. Returns the manifest.
+    `splits` maps "train"/"test" to (images uint8 [N, R, R] or [N, R, R, 3], labels uint8 [N]). Same
+    input gives byte-identical files. Returns the manifest.
     """
+    def fill(images: dict[str, np.ndarray]) -> None:
+        for split in SPLITS:
+            images[split][...] = splits[split][0]
+
+    return write_prepared_rows(
+        directory, labels={split: splits[split][1] for split in SPLITS},
+        image_shape=np.shape(splits["train"][0])[1:], fill=fill, dataset=dataset, num_classes=num_classes,
+        sources=sources, extra=extra)
+
+
+def write_prepared_rows(
+    directory: str | Path,
+    *,
+    labels: dict[str, np.ndarray],
+    image_shape: tuple[int, ...],
+    fill: Callable[[dict[str, np.ndarray]], dict | None],
+    dataset: str,
+    num_classes: int,
+    sources: dict[str, object],
+    extra: dict[str, object] | None = None,
+) -> dict:
+    """`write_prepared` for sets larger than memory: each split's image array is created on disk at
+    its final size (len(labels[split]) rows of `image_shape`) and `fill` writes its rows into the
+    memory-mapped arrays it is given (split -> uint8 array), so no split is ever held whole; what it
+    returns joins the manifest (what is known only after the rows, e.g. counts). The files are the
+    bytes np.save would write. Returns the manifest."""
     manifest: dict[str, object] = {"dataset": dataset, "num_classes": num_classes, "sources": sources}
     manifest.update(extra or {})
-    blobs: dict[str, bytes] = {}
-    for split in SPLITS:
-        images, labels = splits[split]
-        images = np.asarray(images, dtype=np.uint8)
-        labels = np.asarray(labels, dtype=np.uint8)
-        hist = np.bincount(labels, minlength=num_classes).tolist()
-        entry = {"count": int(len(labels)), "class_histogram": hist}
-        for name, array in (("images", images), ("labels", labels)):
-            blob = _npy_bytes(array)
-            blobs[f"{split}_{name}.npy"] = blob
-            entry[f"{name}_sha256"] = hashlib.sha256(blob).hexdigest()
-        manifest[split] = entry
     with atomic_dir(directory) as tmp:
-        for name, blob in blobs.items():
-            (tmp / name).write_bytes(blob)
+        images = {split: np.lib.format.open_memmap(tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8,
+                                                   shape=(len(labels[split]), *image_shape))
+                  for split in SPLITS}
+        manifest.update(fill(images) or {})
+        for array in images.values():
+            array.flush()
+        del images, array  # unmapped before the files are hashed
+        for split in SPLITS:
+            y = np.asarray(labels[split], dtype=np.uint8)
+            blob = _npy_bytes(y)
+            (tmp / f"{split}_labels.npy").write_bytes(blob)
+            manifest[split] = {
+                "count": int(len(y)), "class_histogram": np.bincount(y, minlength=num_classes).tolist(),
+                "images_sha256": sha256_file(tmp / f"{split}_images.npy"),
+                "labels_sha256": hashlib.sha256(blob).hexdigest(),
+            }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -75,7 +104,7 @@ def image_shape(manifest: dict) -> tuple[int, int]:
 
 
 def check_labelled(directory: str | Path, manifest: dict, *, what: str) -> None:
-    """The domain classifier and a conditional model need labels: an unlabelled folder stops here."""
+    """A conditional model needs labels: on an unlabelled folder it stops here."""
     if not manifest.get("labelled", True):
         raise ValueError(
             f"{directory} is an unlabelled image folder, but {what} needs labels: put the images in "

@@ -1,4 +1,12 @@
-"""The domain feature extractor: a small CNN trained on the prepared data, saved with its config."""
+"""The domain feature extractor: a small CNN trained on the prepared data, saved with its config.
+
+A labelled set trains it to predict the class. An unlabelled folder has no classes, so it trains on
+a task that needs none: which of 0, 90, 180 or 270 degrees each image was rotated by (Gidaris et
+al., 2018, "Unsupervised representation learning by predicting image rotations"). Telling upright
+from rotated needs the shapes and parts that make the images what they are, so the penultimate
+features separate real from generated images like class features do, at the same cost; they cannot
+see what a rotation does not change (a set of textures, say): Inception FID covers that.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -15,11 +23,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ganops.fileio import write_bytes, write_json
-from ganops.data.prepared import check_labelled, image_shape, load_manifest, load_split, manifest_hash
+from ganops.data.prepared import image_shape, load_manifest, load_split, manifest_hash
 
 # Bump when the architecture or preprocessing changes: the version string names the feature space
 # that fid, kid, precision, ... are measured in, so numbers from different extractors never mix.
 ARCH_VERSION = "ganops-cnn-v1"
+TASKS = ("classes", "rotation")  # what the head predicts: the set's labels, or the rotation (unlabelled)
+ROTATIONS = 4  # the rotation task's classes: k * 90 degrees, k = 0..3
 WEIGHTS_FILE = "classifier.pt"
 CONFIG_FILE = "classifier.json"
 
@@ -33,6 +43,7 @@ class ClassifierConfig:
     feature_dim: int = 128  # the penultimate layer: the features the metrics use
     resolution: int = 28  # the images' (classifier.json files written before these keys: 28x28 grayscale)
     channels: int = 1
+    task: str = "classes"  # TASKS (classifier.json files written before this key: classes)
 
 
 class Classifier(nn.Module):
@@ -61,7 +72,8 @@ class Classifier(nn.Module):
 
 def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, R, R] or [N, R, R, 3] -> float [N, C, R, R] in [-1, 1], the scaling the discriminator sees."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(127.5).sub_(1.0)
+    # Converted in numpy: a writable float copy, also of a read-only memory-mapped split's rows.
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32)).div_(127.5).sub_(1.0)
     return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
@@ -74,8 +86,19 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def feature_extractor_version(model: nn.Module) -> str:
-    return f"{ARCH_VERSION}-{weights_sha256(model)[:12]}"
+def feature_extractor_version(model: Classifier) -> str:
+    task = "" if model.cfg.task == "classes" else f"-{model.cfg.task}"  # class features keep their old names
+    return f"{ARCH_VERSION}{task}-{weights_sha256(model)[:12]}"
+
+
+def rotate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Images [B, C, R, R] each turned by k[i] * 90 degrees counter-clockwise."""
+    out = x.clone()
+    for quarter in range(1, ROTATIONS):
+        pick = k == quarter
+        if pick.any():
+            out[pick] = torch.rot90(x[pick], quarter, dims=(2, 3))
+    return out
 
 
 @contextlib.contextmanager
@@ -160,8 +183,10 @@ def train_classifier(
 ) -> dict:
     """Train the CNN on the train split, save it to `model_dir`, write its test accuracy to `report_path`.
 
-    Deterministic: same data and arguments give the same weights (and feature_extractor_version) on
-    the same machine. `max_steps` > 0 stops early (tests). Returns the report.
+    Labelled data: it predicts the class; an unlabelled folder: the rotation (module doc). The
+    splits are read memory-mapped, one batch at a time. Deterministic: same data and arguments give
+    the same weights (and feature_extractor_version) on the same machine. `max_steps` > 0 stops early
+    (tests). Returns the report.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(
@@ -169,16 +194,17 @@ def train_classifier(
             "fix the classifier section of params.yaml"
         )
     manifest = load_manifest(prepared_dir)
-    check_labelled(prepared_dir, manifest, what="the domain classifier (the features of fid, kid, precision, ...)")
-    num_classes = int(manifest["num_classes"])
-    train_x, train_y = load_split(prepared_dir, "train")
-    test_x, test_y = load_split(prepared_dir, "test")
-    inputs, targets = to_input(train_x), torch.from_numpy(train_y)
+    task = "classes" if manifest.get("labelled", True) else "rotation"
+    num_classes = int(manifest["num_classes"]) if task == "classes" else ROTATIONS
+    train_x, train_y = load_split(prepared_dir, "train", mmap=True)
+    test_x, test_y = load_split(prepared_dir, "test", mmap=True)
+    if task == "rotation":  # each test image turned by (index mod 4) quarters: every angle equally often
+        test_y = np.arange(len(test_y), dtype=np.int64) % ROTATIONS
 
     with _deterministic(seed):
         resolution, channels = image_shape(manifest)
         model = Classifier(ClassifierConfig(num_classes=num_classes, width=width, feature_dim=feature_dim,
-                                            resolution=resolution, channels=channels))
+                                            resolution=resolution, channels=channels, task=task))
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         shuffle = torch.Generator().manual_seed(seed)
         n = len(train_y)
@@ -188,14 +214,21 @@ def train_classifier(
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         step = 0
         model.train()
-        with tqdm(total=total, desc="classifier", unit="step") as bar:
+        with tqdm(total=total, desc=f"classifier ({task})", unit="step") as bar:
             for _ in range(epochs):
                 order = torch.randperm(n, generator=shuffle)
                 for start in range(0, n, batch_size):
                     if step >= total:
                         break
-                    idx = order[start : start + batch_size]
-                    loss = nn.functional.cross_entropy(model(inputs[idx]), targets[idx])
+                    # Sorted rows read a memory-mapped split in one forward sweep; the batch is a set.
+                    idx = order[start : start + batch_size].sort().values.numpy()
+                    x = to_input(train_x[idx])
+                    if task == "classes":
+                        target = torch.from_numpy(train_y[idx])
+                    else:
+                        target = torch.randint(ROTATIONS, (len(idx),), generator=shuffle)
+                        x = rotate(x, target)
+                    loss = nn.functional.cross_entropy(model(x), target)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -203,25 +236,32 @@ def train_classifier(
                     step += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        model.eval()
+    model.eval()
 
+    if task == "rotation":
+        test_x = np.array(test_x)
+        for quarter in range(1, ROTATIONS):  # np.rot90 over (row, column) turns like torch.rot90 over (H, W)
+            test_x[quarter::ROTATIONS] = np.rot90(test_x[quarter::ROTATIONS], quarter, axes=(1, 2))
     _, test_pred = extract(model, test_x, desc="test accuracy")
     accuracy = float((test_pred == test_y).mean()) if len(test_y) else 0.0
     per_class = [
         float((test_pred[test_y == k] == k).mean()) if (test_y == k).any() else 0.0
         for k in range(num_classes)
     ]
+    # "accuracy" of what the head predicts: classes, or rotations (a different number, a different name)
+    name = "test_accuracy" if task == "classes" else "rotation_accuracy"
     meta = save_classifier(
         model_dir,
         model,
         {
             "dataset": manifest.get("dataset"),
             "data_manifest_sha256": manifest_hash(prepared_dir),
-            "test_accuracy": accuracy,
+            name: accuracy,
             "train": {"seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "steps": step},
         },
     )
     # Flat numbers only (dvc metrics); no timings, so the same run writes the same bytes.
-    report = {"test_accuracy": accuracy, "min_class_accuracy": min(per_class), "train_steps": step}
+    worst = "min_class_accuracy" if task == "classes" else "min_rotation_accuracy"
+    report = {name: accuracy, worst: min(per_class), "train_steps": step}
     write_json(report_path, report)
-    return {**report, "feature_extractor_version": meta["feature_extractor_version"]}
+    return {**report, "task": task, "feature_extractor_version": meta["feature_extractor_version"]}

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from ganops.fileio import write_bytes, write_json
 from ganops.lineage import model_lineage_tags
 from ganops.metrics import distances
-from ganops.metrics.classifier import extract, load_classifier
+from ganops.metrics.classifier import ROTATIONS, extract, load_classifier
 from ganops.metrics.inception import InceptionPool3
 from ganops.metrics.inception_reference import load_inception_reference
 from ganops.metrics.reference import Reference, load_reference
@@ -60,21 +60,25 @@ def sample_metrics(
     labels: np.ndarray | None,
     params: EvaluateParams,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Every feature-space metric of one sample set against the real test set; also its class histogram."""
-    num_classes = int(real.meta["num_classes"])
+    """Every feature-space metric of one sample set against the real test set; also the histogram of
+    what the classifier's head predicts (classes; for an unlabelled set, rotations)."""
     mu, sigma = distances.gaussian_stats(features)
     kid_mean, kid_std = distances.kid(
         real.test_features, features,
         subsets=params.kid_subsets, subset_size=params.kid_subset_size, seed=params.seed,
     )
-    hist = distances.class_histogram(predicted, num_classes)
     out = {
         "fid": distances.frechet_distance(mu, sigma, real.test_mu, real.test_sigma),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
         **distances.prdc(real.test_features, features, nearest_k=params.nearest_k),
-        "class_coverage": distances.class_coverage(hist, np.asarray(real.meta["class_histogram"])),
     }
+    if not real.meta.get("labelled", True):
+        # No classes to cover; the rotation head says instead how many images look the right way up.
+        out["upright_rate"] = float((predicted == 0).mean()) if len(predicted) else 0.0
+        return out, distances.class_histogram(predicted, ROTATIONS)
+    hist = distances.class_histogram(predicted, int(real.meta["num_classes"]))
+    out["class_coverage"] = distances.class_coverage(hist, np.asarray(real.meta["class_histogram"]))
     if labels is not None:
         out["class_accuracy"] = float((predicted == labels).mean())
     return out, hist
@@ -155,15 +159,27 @@ def evaluate(
             mu, sigma, inception_real.test_mu, inception_real.test_sigma
         )
 
-    classes = real.meta.get("classes") or [str(k) for k in range(num_classes)]
+    labelled = real.meta.get("labelled", True)
+    if labelled:
+        classes = real.meta.get("classes") or [str(k) for k in range(num_classes)]
+        real_hist = np.asarray(real.meta["class_histogram"])
+        histogram = class_histogram_png(gen_hist, real_hist, classes,
+                                        title=f"class_coverage {results['class_coverage']:.3f}")
+    else:  # what the rotation head sees in upright images: real ones (the train sample) vs generated
+        classes, real_hist = None, train_hist
+        histogram = class_histogram_png(
+            gen_hist, real_hist, [f"{90 * k}°" for k in range(ROTATIONS)], real_label="real (train sample)",
+            generated_label="generated", ylabel="share seen at this rotation",
+            title=f"unlabelled set: upright_rate {results['upright_rate']:.3f} (real {results['upright_rate_real']:.3f})")
     out_dir = Path(out_dir)
     sample_grid = _grid_image(images, generator.cfg.conditional, num_classes)
     write_json(out_dir / "metrics.json", results)
     write_json(out_dir / "details.json", {
         "feature_extractor_version": version,
         "classes": classes,
+        # labelled: classes; unlabelled: the rotation (0, 90, 180, 270 degrees) the classifier sees
         "class_histogram_generated": gen_hist.tolist(),
-        "class_histogram_real_test": real.meta["class_histogram"],
+        "class_histogram_real_test": real.meta["class_histogram"] if labelled else None,
         "class_histogram_real_train_sample": train_hist.tolist(),
         "num_samples": params.num_samples,
         "seeds": [params.seed, params.seed + params.num_samples - 1],
@@ -173,11 +189,7 @@ def evaluate(
             inception_real.meta["inception_weights_sha256"] if inception_real is not None else None),
     })
     write_bytes(out_dir / "samples.png", png(sample_grid))
-    real_hist = np.asarray(real.meta["class_histogram"])
-    write_bytes(
-        out_dir / "class_histogram.png",
-        class_histogram_png(gen_hist, real_hist, classes, results["class_coverage"]),
-    )
+    write_bytes(out_dir / "class_histogram.png", histogram)
 
     gate_failed = params.max_fid is not None and results["fid"] > params.max_fid
     with Tracker.for_stage(run_id, stage="evaluate", tags=model_lineage_tags(gmeta)) as tracker:

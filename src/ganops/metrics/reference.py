@@ -1,11 +1,12 @@
 """The reference stage and its on-disk format: the real data's features in the classifier's space.
 
     data/reference/                    (a DVC output)
-      reference.json                   test class histogram, sizes, feature_extractor_version, ...
+      reference.json                   test class histogram, labelled, sizes, feature_extractor_version, ...
       test_features.npy                float32 [N, D] real test features (k-NN metrics, KID)
       test_mu.npy, test_sigma.npy      float64 mean [D] and covariance [D, D] of them (FID)
       train_features.npy               float32 [N, D] a random same-size sample of the train split
       train_labels.npy, train_predicted.npy   int64 [N] its labels and the classifier's predictions
+                                       (unlabelled: labels 0, predictions the rotation seen in upright images)
 
 build_reference writes it, load_reference reads it (evaluate and the training curve alike).
 """
@@ -38,13 +39,16 @@ def build_reference(
     classifier, cmeta = load_classifier(classifier_dir)
     manifest = load_manifest(prepared_dir)
     num_classes = int(manifest["num_classes"])
-    if num_classes != classifier.cfg.num_classes:
+    labelled = bool(manifest.get("labelled", True))
+    if classifier.cfg.task != ("classes" if labelled else "rotation") or (
+            labelled and num_classes != classifier.cfg.num_classes):
         raise ValueError(
-            f"{prepared_dir} has {num_classes} classes but the classifier in {classifier_dir} was "
-            f"trained on {classifier.cfg.num_classes}: rerun the classifier stage (dvc repro classifier)"
+            f"{prepared_dir} ({num_classes} classes, labelled: {labelled}) is not the data the classifier in "
+            f"{classifier_dir} was trained on ({classifier.cfg.task}, {classifier.cfg.num_classes} outputs): "
+            "rerun the classifier stage (dvc repro classifier)"
         )
-    test_x, test_y = load_split(prepared_dir, "test")
-    train_x, train_y = load_split(prepared_dir, "train")
+    test_x, test_y = load_split(prepared_dir, "test", mmap=True)
+    train_x, train_y = load_split(prepared_dir, "train", mmap=True)
     n = len(test_y)
     if len(train_y) < n:
         raise ValueError(
@@ -53,13 +57,16 @@ def build_reference(
         )
     # A random order, so every prefix is itself a random sample (evaluate takes num_samples of it).
     pick = np.random.Generator(np.random.PCG64(TRAIN_SAMPLE_SEED)).permutation(len(train_y))[:n]
+    rows = np.sort(pick)  # read the memory-mapped split in one forward sweep, then restore the order
+    train_sample = train_x[rows][np.argsort(np.argsort(pick))]
     test_f, _ = extract(classifier, test_x, batch_size=batch_size, desc="reference: test")
-    train_f, train_pred = extract(classifier, train_x[pick], batch_size=batch_size, desc="reference: train")
+    train_f, train_pred = extract(classifier, train_sample, batch_size=batch_size, desc="reference: train")
     mu, sigma = distances.gaussian_stats(test_f)
     meta = {
         "dataset": manifest.get("dataset"),
         "classes": manifest.get("classes"),
         "num_classes": num_classes,
+        "labelled": labelled,
         "num_test": n,
         "class_histogram": distances.class_histogram(test_y, num_classes).tolist(),
         "train_sample_seed": TRAIN_SAMPLE_SEED,
