@@ -26,9 +26,10 @@ def main(argv: list[str]) -> int:
     report = manifest.get("prepare_report")
     details = (f"; {report['upscaled']} upscaled, skipped {report['skipped_hidden']} hidden and "
                f"{report['skipped_not_an_image']} non-image files" if report else "")
+    classes = f"{manifest['num_classes']} classes" if manifest.get("labelled", True) else "unlabelled"
     print(f"prepare: wrote {out_dir} ({manifest['dataset']}, {manifest['train']['count']} train / "
           f"{manifest['test']['count']} test images of {manifest['resolution']}x{manifest['resolution']}x"
-          f"{manifest['channels']}, {manifest['num_classes']} classes{details}) in {time.perf_counter() - start:.1f}s")
+          f"{manifest['channels']}, {classes}{details}) in {time.perf_counter() - start:.1f}s")
     return 0
 
 

@@ -130,8 +130,9 @@ def test_decoding_in_worker_processes_gives_the_same_arrays(tmp_path: Path, monk
 
 
 @pytest.mark.slow
-def test_a_colour_folder_runs_the_whole_pipeline_to_a_served_rgb_png(tmp_path: Path):
-    """3 classes of non-square RGB images -> dvc repro (every stage, 32 px RGB) -> ONNX -> ganops serve."""
+def test_an_unlabelled_colour_folder_runs_the_whole_pipeline_to_a_served_rgb_png(tmp_path: Path):
+    """Loose non-square RGB images (no class folders) -> dvc repro (every stage, 32 px RGB: the
+    rotation classifier, label-free metrics, the quality curve) -> ONNX -> ganops serve."""
     import httpx
     from _serving import decode_png, running
 
@@ -140,24 +141,32 @@ def test_a_colour_folder_runs_the_whole_pipeline_to_a_served_rgb_png(tmp_path: P
     from ganops.serving.inference import OnnxGenerator
 
     rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
     for k, name in enumerate(("blue", "green", "red")):
-        (tmp_path / "images" / name).mkdir(parents=True)
         for i in range(40):
             pixels = rng.integers(0, 60, (30, 40, 3), dtype=np.uint8)
-            pixels[8:22, 10:30, 2 - k] = 220  # a class's colour in a box
-            Image.fromarray(pixels, mode="RGB").save(tmp_path / "images" / name / f"{i:02d}.png")
+            pixels[2:14, 10:20, 2 - k] = 220  # a coloured block hanging from the top: it has an upright
+            Image.fromarray(pixels, mode="RGB").save(tmp_path / "images" / f"{name}-{i:02d}.png")
     repo = make_pipeline_repo(tmp_path / "p", params_overrides={
         "data.dataset": "folder", "data.folder": str(tmp_path / "images"), "prepare.subset": 0,
         "prepare.resolution": 32, "prepare.channels": 3, "prepare.transform": "center-crop",
         "prepare.test_fraction": 0.5})
     out = repo.run("dvc repro")
-    assert "60 train / 60 test images of 32x32x3, 3 classes" in out.stdout, out.stdout
+    assert "60 train / 60 test images of 32x32x3, unlabelled" in out.stdout, out.stdout
+    assert "unlabelled set: rotation accuracy" in out.stdout, out.stdout
+    classifier = json.loads((repo.path / "reports/classifier.json").read_text())
+    assert set(classifier) == {"rotation_accuracy", "min_rotation_accuracy", "train_steps"}
     metrics = json.loads((repo.path / "reports/evaluate/metrics.json").read_text())
     assert np.isfinite(metrics["fid"]) and metrics["fid_real"] < metrics["fid"]  # scored against a real floor
+    assert 0 <= metrics["upright_rate"] <= 1 and "class_coverage" not in metrics and "class_accuracy" not in metrics
+    curve = (repo.path / "reports/train/quality.csv").read_text().splitlines()
+    assert curve[0].startswith("step,") and len(curve) >= 2  # the per-epoch curve scored without labels
     assert Image.open(repo.path / "reports/evaluate/samples.png").mode == "RGB"
+    assert Image.open(repo.path / "reports/evaluate/class_histogram.png").size[0] > 0  # the rotation histogram
 
     generator = OnnxGenerator.from_onnx(repo.path / "models/generator.onnx", providers="cpu")
     assert (generator.resolution, generator.channels, generator.image_shape) == (32, 3, (32, 32, 3))
+    assert not generator.conditional
     expected = generator.generate([7])[0]
     with running(create_app(generator=generator, config=ServeParams(providers="cpu"), api_key=None)) as url:
         r = httpx.get(f"{url}/v1/images/7.png")

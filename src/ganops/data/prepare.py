@@ -1,12 +1,12 @@
 """The prepare stage: data/raw's IDX files or image folder -> validated data/prepared arrays."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ganops.data.folder import Entry, FolderError, Inventory, decode, split_indices
 from ganops.data.idx import SPLIT_FILES, IdxError, read_split
-from ganops.data.prepared import write_prepared
+from ganops.data.prepared import write_prepared, write_prepared_rows
 from ganops.params import PrepareParams
 
 DECODE_CHUNK = 2000  # images per task of the decoding processes
@@ -57,13 +57,12 @@ def prepare(*, raw_dir: str | Path, out_dir: str | Path, params: PrepareParams) 
         raise IdxError(f"{sources_path} not found: run the download stage first (dvc repro download)")
     sources = json.loads(sources_path.read_text())
     if sources["dataset"] == "folder":
-        splits, num_classes, extra, checksums = _folder_splits(sources, params)
-    else:
-        if (params.resolution, params.channels) != (28, 1):
-            raise IdxError(f"prepare.resolution {params.resolution} / prepare.channels {params.channels}: IDX "
-                           "datasets are 28x28 grayscale; set them to 28 and 1, or write the images out as a "
-                           "folder (data.dataset: folder) to pad, crop or resize them")
-        splits, num_classes, extra, checksums = _idx_splits(raw, sources)
+        return _prepare_folder(sources, params, Path(out_dir))
+    if (params.resolution, params.channels) != (28, 1):
+        raise IdxError(f"prepare.resolution {params.resolution} / prepare.channels {params.channels}: IDX "
+                       "datasets are 28x28 grayscale; set them to 28 and 1, or write the images out as a "
+                       "folder (data.dataset: folder) to pad, crop or resize them")
+    splits, num_classes, extra, checksums = _idx_splits(raw, sources)
     if params.subset:
         train_images, train_labels = splits["train"]
         keep = stratified_subset(train_labels, size=params.subset, seed=params.seed)
@@ -111,26 +110,15 @@ def _idx_splits(raw: Path, sources: dict) -> tuple[dict, int, dict, dict]:
     return splits, num_classes, ({"classes": list(classes)} if classes else {}), checksums
 
 
-def _folder_splits(sources: dict, params: PrepareParams) -> tuple[dict, int, dict, dict]:
-    """Decode every inventoried image (each checked against its SHA-256 first) and split them."""
+def _prepare_folder(sources: dict, params: PrepareParams, out_dir: Path) -> dict:
+    """Split the inventory, then decode the images each split keeps (each checked against its SHA-256
+    first) straight into the memory-mapped arrays of data/prepared: no split is held in memory."""
     inventory = Inventory.from_json(sources["inventory"])
     root, entries = Path(sources["folder"]), inventory.entries
-    chunks = [entries[i : i + DECODE_CHUNK] for i in range(0, len(entries), DECODE_CHUNK)]
-    bar = functools.partial(tqdm, total=len(entries), desc="prepare: decode", unit="img", leave=False,
-                            file=sys.stderr)
-    jobs = [(root, chunk, params) for chunk in chunks]
-    if len(chunks) == 1:
-        decoded = [_decode_chunk(jobs[0])]
-    else:  # decoding is CPU-bound Python and Pillow: one process per core, chunks in order
-        with ProcessPoolExecutor(min(os.cpu_count() or 1, len(chunks)),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool, bar() as progress:
-            decoded = []
-            for result in pool.map(_decode_chunk, jobs):
-                decoded.append(result)
-                progress.update(len(result[0]))
-    images = np.concatenate([pixels for pixels, _ in decoded])
-    upscaled = sum(count for _, count in decoded)
     labelled = inventory.classes is not None
+    if labelled and len(inventory.classes) > 256:
+        raise FolderError(f"{root} has {len(inventory.classes)} class folders; prepared labels are uint8, so at "
+                          "most 256: merge classes, or leave the images unlabelled (directly in the folder)")
     labels = np.array([entry.label for entry in entries], np.int64)
     if entries[0].split is not None:  # the folder's own train/ and test/
         train = np.array([i for i, e in enumerate(entries) if e.split == "train"], np.int64)
@@ -145,10 +133,47 @@ def _folder_splits(sources: dict, params: PrepareParams) -> tuple[dict, int, dic
                         "least 2 per class: add images, remove the folder, or give the folder train/ and test/")
         train, test = split_indices(labels, test_fraction=params.test_fraction, seed=params.seed)
     stored = labels if labelled else np.zeros_like(labels)  # unlabelled: one class, 0
-    splits = {"train": (images[train], stored[train]), "test": (images[test], stored[test])}
-    extra = {"classes": list(inventory.classes) if labelled else None, "labelled": labelled,
-             "prepare_report": {"images": len(entries), "upscaled": upscaled,
-                                "skipped_hidden": inventory.skipped["hidden"],
-                                "skipped_not_an_image": inventory.skipped["not_an_image"]}}
+    extra: dict[str, object] = {"classes": list(inventory.classes) if labelled else None, "labelled": labelled}
+    if params.subset:  # decided before decoding: the images left out are never read
+        train = train[stratified_subset(stored[train], size=params.subset, seed=params.seed)]
+        extra["train_subset"] = {"size": params.subset, "seed": params.seed}
+    extra.update(resolution=params.resolution, channels=params.channels)
+
+    # Where each kept entry goes: its split and row. Entries are decoded in inventory order, in chunks.
+    split_of, row_of = np.full(len(entries), -1, np.int64), np.zeros(len(entries), np.int64)
+    for code, rows in enumerate((train, test)):
+        split_of[rows], row_of[rows] = code, np.arange(len(rows))
+    kept = np.flatnonzero(split_of >= 0)
+    chunks = [kept[i : i + DECODE_CHUNK] for i in range(0, len(kept), DECODE_CHUNK)]
+    jobs = [(root, tuple(entries[i] for i in chunk), params) for chunk in chunks]
+
+    def fill(images: dict[str, np.ndarray]) -> dict:
+        targets, upscaled = (images["train"], images["test"]), 0
+        with tqdm(total=len(kept), desc="prepare: decode", unit="img", leave=False, file=sys.stderr) as bar:
+            for chunk, (pixels, up) in zip(chunks, _decode_all(jobs)):
+                for code, target in enumerate(targets):
+                    mine = split_of[chunk] == code
+                    target[row_of[chunk[mine]]] = pixels[mine]
+                upscaled += up
+                bar.update(len(chunk))
+        return {"prepare_report": {"images": len(entries), "upscaled": upscaled,
+                                   "skipped_hidden": inventory.skipped["hidden"],
+                                   "skipped_not_an_image": inventory.skipped["not_an_image"]}}
+
+    side, shape = params.resolution, (3,) if params.channels == 3 else ()
     blob = json.dumps(sources["inventory"], sort_keys=True).encode()
-    return splits, (len(inventory.classes) if labelled else 1), extra, {"inventory": hashlib.sha256(blob).hexdigest()}
+    return write_prepared_rows(
+        out_dir, labels={"train": stored[train], "test": stored[test]}, image_shape=(side, side, *shape),
+        fill=fill, dataset="folder", num_classes=len(inventory.classes) if labelled else 1,
+        sources={"inventory": hashlib.sha256(blob).hexdigest()}, extra=extra)
+
+
+def _decode_all(jobs: list) -> Iterator[tuple[np.ndarray, int]]:
+    """_decode_chunk of each job, in order: in this process for one chunk, else one process per core."""
+    if len(jobs) <= 1:
+        yield from map(_decode_chunk, jobs)
+        return
+    # Decoding is CPU-bound Python and Pillow; spawn, not fork: the parent may hold threads (tqdm, torch).
+    with ProcessPoolExecutor(min(os.cpu_count() or 1, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(_decode_chunk, jobs)
