@@ -49,6 +49,8 @@ COVERED_ELSEWHERE = {
         "tests/test_inception_reference.py",
     "dvc exp run -n cond-20ep -S model.conditional=true -S model.depth=1 -S train.epochs=20"
     " -S evaluate.inception=true": "tests/test_inception_reference.py",
+    # No cluster here: the test validates the manifests against the Kubernetes schemas and the real app.
+    "kubectl apply -k deploy/kubernetes": "tests/test_kubernetes.py",
 }
 # CI runs `make test` (.ci/run); running the suite from inside the suite would recurse.
 RUN_BY_CI = {"make test"}
