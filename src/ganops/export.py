@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from ganops.fileio import sha256_file, write_bytes, write_json
 from ganops.serving.inference import INPUT_LABEL, INPUT_Z, OUTPUT_IMAGE, RUN_SIDECAR
 from ganops.networks import load_generator
 from ganops.params import MIN_OPSET, ExportParams
+from ganops.registry import CHALLENGER, REGISTERED_MODEL, Registry
 from ganops.sampling import latents
 
-REGISTERED_MODEL = "ganops-generator"
 # Lineage keys copied from generator.json's "lineage" into the ONNX metadata_props.
 # No MLflow run id: it goes beside the file (<onnx>.run.json), so identical weights give identical bytes.
 LINEAGE_KEYS = ("git_commit", "data_manifest_sha256", "params_sha256", "dataset")
@@ -178,7 +179,8 @@ def run_export(*, model_dir: str | Path, run_file: str | Path, onnx_path: str | 
                report_path: str | Path, params: ExportParams) -> dict:
     """The export stage: export with parity gate, log/register in MLflow, write reports/export.json
     and `<onnx_path>.run.json` (the run and version; kept out of the ONNX file so that the same
-    weights give the same bytes and sha256).
+    weights give the same bytes and sha256). A registered version is tagged with its lineage and
+    the training run, and given the alias `challenger` (the promote stage decides on `champion`).
 
     When the store lacks the training run, the model is logged and registered in a new run tagged
     with its id (Tracker.for_stage) rather than the export lost.
@@ -195,6 +197,12 @@ def run_export(*, model_dir: str | Path, run_file: str | Path, onnx_path: str | 
     try:
         version = register_onnx(tracker=tracker, onnx_path=onnx_path, sha256=report["sha256"],
                                 register=params.register)
+        if version is not None:
+            # What anyone comparing versions needs without opening the file; promote adds the metrics.
+            registry = Registry(REGISTERED_MODEL, uri=tracker.tracking_uri)
+            registry.set_tags(version, {**model_lineage_tags(meta), "train_run_id": run_id,
+                                        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")})
+            registry.set_alias(CHALLENGER, version)
         tracker.log_metrics({"export.parity_max_abs_diff": report["parity_max_abs_diff"],
                              "export.size_bytes": float(report["size_bytes"])}, step=0)
     finally:

@@ -135,6 +135,11 @@ def _client(uri: str):
     return _mlflow().MlflowClient(tracking_uri=uri)
 
 
+def mlflow_client(uri: str):
+    """An MlflowClient on `uri`, with this module's quiet defaults (for the registry, ganops.registry)."""
+    return _client(uri)
+
+
 def _experiment_id(client, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None and exp.lifecycle_stage == "deleted":
