@@ -153,8 +153,16 @@ def _with_upstream(pipeline: dict, names: list[str]) -> list[str]:
         name = todo.pop()
         if name not in wanted:
             wanted.add(name)
-            todo.extend(producer[d] for d in pipeline[name].get("deps", []) if d in producer)
+            for dep in pipeline[name].get("deps", []):
+                out = _produced_by(dep, producer)
+                if out is not None:
+                    todo.append(producer[out])
     return [name for name in pipeline if name in wanted]
+
+
+def _produced_by(dep: str, outputs) -> str | None:
+    """The output `dep` is, or lies inside (promote reads data/reference/reference.json); else None."""
+    return next((out for out in outputs if dep == out or dep.startswith(out.rstrip("/") + "/")), None)
 
 
 def _set(params: dict, dotted: str, value: object) -> None:
@@ -184,7 +192,7 @@ def make_pipeline_repo(tmp_path: Path, *, stages: list[str] | None = None,
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name, stage in kept.items():
         for dep in stage.get("deps", []):
-            if dep in produced or dep.startswith("${"):  # ${data.folder}: data/images, copied below
+            if _produced_by(dep, produced) is not None or dep.startswith("${"):  # ${data.folder}: copied below
                 continue
             if not (REPO / dep).exists():
                 raise ValueError(f"dvc.yaml's stage {name!r} lists {REPO / dep}, which does not exist: "

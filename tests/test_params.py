@@ -91,6 +91,9 @@ def test_coercions_ints_to_floats_lists_to_tuples_and_optional():
     ({"export": {"opset": 17}}, r"export\.opset must be >= 18"),
     ({"export": {"parity_seeds": 1}}, r"export\.parity_seeds must be >= 2"),
     ({"export": {"parity_atol": 0}}, r"export\.parity_atol must be > 0"),
+    ({"promote": {"metric": "kid"}}, r"unknown promote\.metric 'kid'.*auto, fid, fid_inception"),
+    ({"promote": {"margin": 1.0}}, r"promote\.margin is a relative improvement, in \[0, 1\)"),
+    ({"promote": {"margin": -0.1}}, r"promote\.margin is a relative improvement"),
 ])
 def test_out_of_range_values_fail_at_parse_naming_the_key(raw, message):
     # At parse, so a bad `dvc exp run -S` fails in the first stage that reads params.yaml.

@@ -203,7 +203,7 @@ def _check_output(repo, command: str, stdout: str) -> None:
     command = command.removeprefix(".venv/bin/")
     if command.startswith("dvc dag"):
         for stage in ("download", "prepare", "classifier", "reference", "inception_reference", "train",
-                      "evaluate", "export"):
+                      "evaluate", "export", "promote"):
             assert stage in stdout, (stage, stdout)
     elif command == "dvc repro":  # after `make repro`: nothing changed
         assert "Running stage" not in stdout, stdout
@@ -212,6 +212,8 @@ def _check_output(repo, command: str, stdout: str) -> None:
             assert key in stdout, (key, stdout)
     elif command.startswith("dvc exp show --md"):
         assert "hinge" in stdout and "non_saturating" in stdout, stdout
+    elif command.startswith("ganops promote"):  # the tour's experiments registered versions to decide on
+        assert "ganops-generator v" in stdout and "champion is v" in stdout, stdout
     elif "--out grid.png" in command:
         assert (repo.path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     elif "--out samples/" in command:

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy i
 RUN_ID_FILE = "reports/train/mlflow_run.json"      # a new MLflow run id each run
 ONNX_RUN_FILE = "models/generator.onnx.run.json"   # the run and the registered version of the export
 EXPORT_REPORT = "reports/export.json"              # the same, beside the export's facts
+PROMOTE_REPORT = "reports/promote.json"            # a decision against the registry's champion of the time
 CHECKPOINTS = ("models/checkpoints/last.pt",)  # run_id: a resume continues the same run
-CHECKED_SEPARATELY = {RUN_ID_FILE, ONNX_RUN_FILE, EXPORT_REPORT, *CHECKPOINTS}
+CHECKED_SEPARATELY = {RUN_ID_FILE, ONNX_RUN_FILE, EXPORT_REPORT, PROMOTE_REPORT, *CHECKPOINTS}
 ONNX_FILE, ONNX_SIDECAR = "models/generator.onnx", "models/generator.onnx.sha256"
 
 
@@ -135,3 +136,11 @@ def test_repro_twice_is_byte_identical(tmp_path: Path):
     for r in (report1, report2):
         r["mlflow_run_id"] = r["model_run_id"] = r["registered_version"] = None
     assert report1 == report2, f"{EXPORT_REPORT} differs beyond the run ids and registered version"
+
+    # The pipeline's promote stage: the first version had no champion to beat; the second, the same
+    # model scored the same, does not beat itself by promote.margin, so the champion stays.
+    promote1, promote2 = (json.loads((d / PROMOTE_REPORT).read_text()) for d in (first, repo.path))
+    assert (promote1["decision"], promote1["reason"], promote1["champion"]) == ("promoted", "no champion yet", 1)
+    assert (promote2["decision"], promote2["version"], promote2["champion"]) == ("refused", 2, 1), promote2
+    assert promote2["challenger_value"] == promote2["champion_value"]
+    assert promote2["reason"].startswith(f"{promote2['metric']} ") and "is not below champion v1's" in promote2["reason"]

@@ -127,6 +127,8 @@ NOT_NEEDED = {
               "metrics/evaluate.py"),
     "evaluate": ("training/", "serving/", "export.py"),
     "export": ("training/", "metrics/", "serving/app.py", "serving/server.py", "serving/batcher.py"),
+    # Promote reads evaluate's JSON files and the registry: no model, no metric code, no torch.
+    "promote": ("training/", "metrics/", "serving/", "networks.py", "export.py", "sampling.py"),
 }
 
 

@@ -1,11 +1,11 @@
-"""The `ganops` command: `ganops generate` and `ganops serve` (inference only: no torch imported)."""
+"""The `ganops` command: `ganops generate`, `ganops serve` (inference only: no torch imported) and `ganops promote`."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from ganops import __version__
-from ganops.params import PROVIDERS
+from ganops.params import PROMOTE_METRICS, PROVIDERS
 
 
 class UsageError(ValueError):
@@ -180,6 +180,70 @@ def _add_serve(sub) -> None:
     p.set_defaults(run=_run_serve)
 
 
+def _run_promote(args: argparse.Namespace) -> int:
+    from ganops.fileio import write_json
+    from ganops.params import ParamsError, PromoteParams, load
+    from ganops.promote import promote_version
+    from ganops.registry import CHALLENGER, Registry
+    from ganops.tracking import TrackingError
+
+    try:
+        section = load(args.params).promote
+        # Flags override params.yaml; PromoteParams checks them as it checks the file.
+        rule = PromoteParams(metric=args.metric or section.metric,
+                             margin=section.margin if args.margin is None else args.margin)
+        registry = Registry()
+        version = args.version if args.version is not None else registry.alias_version(CHALLENGER)
+        if version is None:
+            raise UsageError(f"no version of {registry.name} has the alias {CHALLENGER} (nothing exported "
+                             "with export.register true yet): pass --version N")
+        decision = promote_version(registry, version, metric=rule.metric, margin=rule.margin)
+        if args.report:
+            write_json(args.report, decision.report())
+    except ModuleNotFoundError as e:  # the slim serving environment has neither PyYAML nor MLflow
+        print(f"ganops promote: needs the full environment (requirements.lock): {e}", file=sys.stderr)
+        return 2
+    except (UsageError, ParamsError) as e:
+        print(f"ganops promote: {e}", file=sys.stderr)
+        return 2
+    except (TrackingError, ValueError, OSError) as e:
+        print(f"ganops promote: error: {e}", file=sys.stderr)
+        return 1
+    print(f"ganops promote: {decision.summary()}")
+    return 0
+
+
+def _add_promote(sub) -> None:
+    """`ganops promote`: the promote stage's decision, for any registered version."""
+    p = sub.add_parser(
+        "promote",
+        help="move the registry alias champion to a version that beats it (needs MLflow)",
+        description="Decide whether a registered version of ganops-generator becomes the champion,\n"
+        "by the promote stage's rule. It does when there is no champion yet, or when it scored below\n"
+        "champion x (1 - margin) on the metric (auto: fid_inception where both versions have it, else\n"
+        "the domain fid). Both must have been scored on the same test set and sample count, in the same\n"
+        "feature space (classifier, or Inception weights), else it refuses and says why. The decision\n"
+        "and its reason become tags on both versions.\n\n"
+        "A refusal is an outcome, not an error: exit 0 for any decision, 1 when it could not decide\n"
+        "(store, version), 2 for bad input. The store: MLFLOW_TRACKING_URI, else the repository's mlflow.db.",
+        epilog="examples:\n"
+        "  ganops promote                          # the version with the alias challenger (the latest export)\n"
+        "  ganops promote --version 7              # e.g. the one a dvc exp experiment registered\n"
+        "                                          # (dvc exp show: reports/export.json registered_version)\n"
+        "  ganops promote --version 7 --metric fid --margin 0.05 --report promote.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", type=int, help="the registered version to decide on (default: the challenger)")
+    p.add_argument("--params", default="params.yaml",
+                   help="read metric and margin from this file's promote section (default: %(default)s)")
+    p.add_argument("--metric", choices=PROMOTE_METRICS,
+                   help="the metric compared (default: promote.metric)")
+    p.add_argument("--margin", type=float,
+                   help="relative improvement required, in [0, 1) (default: promote.margin)")
+    p.add_argument("--report", metavar="JSON", help="also write the decision there, as reports/promote.json")
+    p.set_defaults(run=_run_promote)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ganops",
@@ -190,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
     _add_serve(sub)
+    _add_promote(sub)
     return parser
 
 

@@ -33,6 +33,7 @@ RESAMPLE = ("lanczos", "bicubic", "bilinear", "box", "nearest")  # Pillow's resa
 BACKGROUNDS = ("black", "white")  # what transparent pixels and padding become
 MIN_OPSET = 18  # the dynamo ONNX exporter's lowest supported opset
 PROVIDERS = ("auto", "cpu", "cuda")  # serve.providers: ONNX Runtime's CPU or CUDA provider; auto = CUDA if present
+PROMOTE_METRICS = ("auto", "fid", "fid_inception")  # promote.metric; auto: fid_inception where both versions have it
 
 
 def _choice(key: str, value, choices: tuple) -> None:
@@ -227,6 +228,20 @@ class ExportParams:
 
 
 @dataclass(frozen=True)
+class PromoteParams:
+    metric: str = "auto"  # auto | fid | fid_inception; auto: fid_inception where both versions have it, else fid
+    # Relative: the challenger must score below champion x (1 - margin). FIDs of different metrics and
+    # datasets differ by 10x in scale, so one relative margin means the same everywhere; an absolute one would not.
+    margin: float = 0.02
+    enabled: bool = True  # false: the promote stage only tags the version; `ganops promote` decides later
+
+    def __post_init__(self):
+        _choice("promote.metric", self.metric, PROMOTE_METRICS)
+        if not 0.0 <= self.margin < 1.0:
+            raise ParamsError(f"promote.margin is a relative improvement, in [0, 1), got {self.margin}")
+
+
+@dataclass(frozen=True)
 class ServeParams:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -266,6 +281,7 @@ class Params:
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     export: ExportParams = field(default_factory=ExportParams)
+    promote: PromoteParams = field(default_factory=PromoteParams)
     serve: ServeParams = field(default_factory=ServeParams)
 
     def __post_init__(self):
