@@ -229,6 +229,12 @@ def test_export_names_the_challenger_and_the_stage_decides_and_reports(tmp_path:
                           report_path=report, params=PromoteParams())
     assert (refused.decision, refused.champion) == ("refused", v1)
     assert json.loads(report.read_text())["reason"] == f"fid 9.9 is not below champion v{v1}'s 10 x (1 - 0.02) = 9.8"
+    # promote.enabled false: the version is tagged with its scores, nothing is decided.
+    off = run_promote(export_report=tmp_path / "b" / "export.json", metrics_path=worse["metrics"],
+                      details_path=worse["details"], reference_path=worse["reference"],
+                      report_path=report, params=PromoteParams(enabled=False))
+    assert (off.decision, off.champion) == ("skipped", v1)
+    assert off.reason == f"promote.enabled is false: v{v2} is tagged with its scores; decide with `ganops promote --version {v2}`"
 
     # `ganops promote` decides the same way, on the challenger by default, with the rule from flags.
     monkeypatch.chdir(tmp_path)
