@@ -29,10 +29,12 @@ def main(argv: list[str]) -> int:
         print(f"evaluate failed: {e}", file=sys.stderr)
         return 1
     inception = f", fid_inception {r['fid_inception']:.2f}" if "fid_inception" in r else ""
+    # Labelled sets: how many classes the samples cover; unlabelled: how many look the right way up.
+    extra = "class_coverage" if "class_coverage" in r else "upright_rate"
     print(f"evaluate: wrote {out_dir / 'metrics.json'} from {p.num_samples} samples: fid {r['fid']:.3f} "
           f"(real {r['fid_real']:.3f}), kid {r['kid_mean']:.4f}, precision {r['precision']:.3f}, "
-          f"recall {r['recall']:.3f}, coverage {r['coverage']:.3f}, class_coverage "
-          f"{r['class_coverage']:.3f}{inception} in {time.perf_counter() - start:.1f}s")
+          f"recall {r['recall']:.3f}, coverage {r['coverage']:.3f}, {extra} "
+          f"{r[extra]:.3f}{inception} in {time.perf_counter() - start:.1f}s")
     return 0
 
 
