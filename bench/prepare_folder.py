@@ -4,6 +4,9 @@ Writes Fashion-MNIST's images (Debian's dataset-fashion-mnist, else synthetic 28
 in class folders, then times, in one run on the same files:
   plain    for each file: Image.open, convert("L"), np.asarray (what a hand-written converter does)
   ganops   download (scan: every file read and hashed) + prepare (read, SHA-256 check, decode, split)
+then prepares the same folder once more in a child process at 64x64 RGB (arrays 15x the size of
+the 28x28 ones) and prints its peak RSS beside the arrays' size: prepare writes memory-mapped
+arrays row by row, so the peak stays below the set it writes.
 
     .venv/bin/python bench/prepare_folder.py                 # 60,000 images, ~3 minutes on 2 cores
     .venv/bin/python bench/prepare_folder.py --images 5000
@@ -12,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +42,19 @@ def source_images(n: int) -> tuple[np.ndarray, np.ndarray, str]:
         return images[:n], labels[:n], "Fashion-MNIST"
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10, "synthetic"
+
+
+PEAK_RSS = """
+import json, resource, sys
+from pathlib import Path
+from ganops.data.prepare import prepare
+from ganops.params import PrepareParams
+tmp = Path(sys.argv[1])
+prepare(raw_dir=tmp / "raw", out_dir=tmp / "big", params=PrepareParams(resolution=64, channels=3))
+mb = lambda who: resource.getrusage(who).ru_maxrss / 1024
+print(json.dumps({"array_mb": sum(f.stat().st_size for f in (tmp / "big").glob("*_images.npy")) / 2**20,
+                  "rss_mb": mb(resource.RUSAGE_SELF), "children_rss_mb": mb(resource.RUSAGE_CHILDREN)}))
+"""
 
 
 def main() -> None:
@@ -63,6 +82,8 @@ def main() -> None:
         start = time.perf_counter()
         manifest = prepare(raw_dir=Path(tmp) / "raw", out_dir=Path(tmp) / "prepared", params=PrepareParams())
         t_prepare = time.perf_counter() - start
+        big = json.loads(subprocess.run([sys.executable, "-c", PEAK_RSS, tmp], check=True, capture_output=True,
+                                        text=True).stdout)
     n = len(plain)
     assert manifest["train"]["count"] + manifest["test"]["count"] == n
     print("| what | seconds | img/s |\n| --- | ---: | ---: |")
@@ -71,6 +92,8 @@ def main() -> None:
     print(f"| ganops prepare (read, check, decode, split, write) | {t_prepare:.1f} | {n / t_prepare:,.0f} |")
     total = t_download + t_prepare
     print(f"| ganops download + prepare | {total:.1f} | {n / total:,.0f} ({t_plain / total:.2f}x the plain loop) |")
+    print(f"prepare at 64x64x3: arrays {big['array_mb']:,.0f} MB; peak RSS {big['rss_mb']:,.0f} MB (this process), "
+          f"{big['children_rss_mb']:,.0f} MB (the largest decoding process)")
 
 
 if __name__ == "__main__":
