@@ -5,8 +5,11 @@ import atexit
 import contextlib
 import functools
 import io
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -111,3 +114,36 @@ def decode_png(data: bytes) -> np.ndarray:
     image = Image.open(io.BytesIO(data))
     assert image.mode in ("L", "RGB")
     return np.asarray(image)
+
+
+@contextlib.contextmanager
+def serve_process(model: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`ganops serve --model <model> --providers cpu <args>` as a process of its own on a free loopback
+    port; yields its URL once /readyz answers 200, and stops it (SIGTERM) afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GANOPS_")}
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ganops.cli", "serve", "--model", str(model), "--port", str(port),
+         "--providers", "cpu", *args], env={**clean, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"ganops serve did not get ready: {log.read().decode()[-3000:]}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

@@ -97,8 +97,9 @@ def _add_generate(sub) -> None:
 _SERVE_ENV_HELP = """\
 environment variables (a flag wins over its variable, which wins over --params and the defaults):
   GANOPS_MODEL            the ONNX model (--model)
-  GANOPS_API_KEY          when set, every /v1 endpoint needs 'Authorization: Bearer <key>' or
-                          'X-API-Key: <key>'; /, /healthz, /readyz, /metrics and /docs stay open
+  GANOPS_API_KEY          when set, every /v1 and /v2/models endpoint needs 'Authorization: Bearer
+                          <key>' or 'X-API-Key: <key>'; /, /healthz, /readyz, /v2 and its health,
+                          /metrics and /docs stay open
   GANOPS_MODEL_SHA256     the model's expected SHA-256 (--expect-sha256)
   GANOPS_HOST, GANOPS_PORT, GANOPS_MAX_BATCH, GANOPS_MAX_WAIT_MS, GANOPS_QUEUE_SIZE,
   GANOPS_MAX_IMAGES, GANOPS_MAX_BODY_BYTES, GANOPS_MICRO_BATCHING (true|false),
@@ -146,9 +147,10 @@ def _add_serve(sub) -> None:
     """`ganops serve`: the HTTP server over an exported ONNX generator."""
     p = sub.add_parser(
         "serve",
-        help="serve a generator over HTTP (web page, /v1 API, /metrics)",
+        help="serve a generator over HTTP (web page, /v1 API, Open Inference Protocol /v2, /metrics)",
         description="Serve an exported ONNX generator over HTTP with FastAPI and uvicorn: a web page "
-        "at /, the /v1 API (docs at /docs), /healthz, /readyz and Prometheus /metrics. Concurrent "
+        "at /, the /v1 API (docs at /docs), the Open Inference Protocol at /v2, /healthz, /readyz and "
+        "Prometheus /metrics. Concurrent "
         "requests are micro-batched into one ONNX Runtime call. Defaults are params.yaml's serve "
         "section's (which --params reads), so no repository is needed.",
         epilog=_SERVE_ENV_HELP,

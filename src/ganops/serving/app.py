@@ -1,11 +1,11 @@
-"""The FastAPI app over one generator: the /v1 routes, health, metrics, the web page, offline docs.
+"""The FastAPI app over one generator: the /v1 and /v2 routes, health, metrics, the web page, offline docs.
 
     app = create_app(generator=OnnxGenerator.from_onnx(path), config=ServeParams(), api_key=None)
 
 Routes are module-level functions; what they share (generator, batcher, contract, limits) is one
 `Service` (serving.service) on `app.state`, built by create_app. The request models and the documented responses
 come from `ganops.serving.contract`, built for this generator, so the OpenAPI document is what the server
-enforces.
+enforces. The /v2 routes (the Open Inference Protocol) are serving.oip's, on the same Service.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from ganops.serving.contract import (
 )
 from ganops.serving.guard import Guard, busy_response, error_response
 from ganops.serving.inference import OnnxGenerator
+from ganops.serving.oip import add_oip_routes
 from ganops.serving.interpolation import lerp, slerp
 from ganops.png import png
 from ganops.sampling import MAX_SEED, grid, latent, latents
@@ -350,6 +351,7 @@ def create_app(*, generator: OnnxGenerator, config: ServeParams, api_key: str | 
         200: _doc("one row of `steps` images", content=_PNG), **_BODY_ERRORS,
     }, openapi_extra=_json_body(svc.contract.interpolate_form.model_json_schema()))
     app.include_router(v1)
+    add_oip_routes(app, svc)
     return app
 
 

@@ -16,14 +16,16 @@ Start it with `ganops serve --model models/generator.onnx`. Endpoints (the app i
                                 "labels": one or a list, "format": grid | png | npy
     POST /v1/interpolate        a PNG strip between two seeds' latents (slerp by default, or lerp)
     GET  /metrics               Prometheus metrics (open, like the health endpoints)
+    /v2/...                     the Open Inference Protocol (KServe "v2"): health, metadata, and
+                                POST /v2/models/ganops-generator/infer (serving/oip.py)
     GET  /docs, /openapi.json   OpenAPI, rendered by Swagger UI from local files (works offline)
 
 Environment variables (a command-line flag wins over its variable, which wins over the default):
 
     GANOPS_MODEL             the ONNX model (--model)
-    GANOPS_API_KEY           when set, every /v1 endpoint needs `Authorization: Bearer <key>` or
-                             `X-API-Key: <key>`, and caches are told `private`; /, /healthz,
-                             /readyz, /metrics and docs stay open
+    GANOPS_API_KEY           when set, every /v1 and /v2/models endpoint needs `Authorization:
+                             Bearer <key>` or `X-API-Key: <key>`, and caches are told `private`;
+                             /, /healthz, /readyz, /v2 and its health, /metrics and docs stay open
     GANOPS_MODEL_SHA256      the model's expected SHA-256 (--expect-sha256)
     GANOPS_HOST              --host             (default 127.0.0.1)
     GANOPS_PORT              --port             (default 8000)
