@@ -29,7 +29,8 @@ LINEAGE = {
 }
 
 
-def export_model(directory: Path, *, conditional: bool, z_dim: int = 16, width: int = 8) -> Path:
+def export_model(directory: Path, *, conditional: bool, z_dim: int = 16, width: int = 8,
+                 resolution: int = 28, channels: int = 1) -> Path:
     """A freshly initialised DCGAN generator, saved and exported by the real export code."""
     import torch
 
@@ -37,7 +38,8 @@ def export_model(directory: Path, *, conditional: bool, z_dim: int = 16, width: 
     from ganops.networks import Generator, NetConfig, save_generator
 
     torch.manual_seed(1)
-    generator = Generator(NetConfig(arch="dcgan", z_dim=z_dim, width=width, conditional=conditional))
+    generator = Generator(NetConfig(arch="dcgan", z_dim=z_dim, width=width, conditional=conditional,
+                                    resolution=resolution, channels=channels))
     # Random batch-norm statistics, so that images differ visibly from seed to seed.
     for module in generator.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -51,11 +53,11 @@ def export_model(directory: Path, *, conditional: bool, z_dim: int = 16, width: 
 
 
 @functools.cache
-def shared_model(*, conditional: bool, width: int = 8) -> Path:
+def shared_model(*, conditional: bool, width: int = 8, resolution: int = 28, channels: int = 1) -> Path:
     """One export per kind for the whole test run (exporting costs seconds); copy it to change it."""
     directory = Path(tempfile.mkdtemp(prefix="ganops-test-model-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    return export_model(directory, conditional=conditional, width=width)
+    return export_model(directory, conditional=conditional, width=width, resolution=resolution, channels=channels)
 
 
 def port_open(port: int) -> bool:

@@ -43,6 +43,15 @@ return [canvas.width, canvas.height, gray];
 RESOURCES = "return performance.getEntriesByType('resource').map(e => e.name);"
 
 
+# The same, all three channels (an RGB model's images).
+RGB_PIXELS = PIXELS.replace("gray.push(rgba[i]);", "gray.push(rgba[i], rgba[i + 1], rgba[i + 2]);")
+
+
+def rgb_pixels(browser: WebDriver, selector: str) -> np.ndarray:
+    width, height, values = browser.js(RGB_PIXELS, selector)
+    return np.asarray(values, dtype=np.uint8).reshape(height, width, 3)
+
+
 def pixels(browser: WebDriver, selector: str) -> np.ndarray:
     width, height, gray = browser.js(PIXELS, selector)
     return np.asarray(gray, dtype=np.uint8).reshape(height, width)
@@ -130,6 +139,30 @@ def test_page_grid_paging_enlarge_classes_and_interpolation(tmp_path):
         # Nothing came from anywhere else: no CDN, no fonts, no analytics.
         assert all(name.startswith(url) for name in browser.js(RESOURCES))
     assert (ARTIFACTS / "browser-page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_page_of_a_conditional_32px_colour_model():
+    """The page at another size and in colour: grid cells, the class picker and the interpolation strip."""
+    generator = OnnxGenerator.from_onnx(shared_model(conditional=True, resolution=32, channels=3), providers="cpu")
+    assert generator.image_shape == (32, 32, 3)
+    app = create_app(generator=generator, config=ServeParams(providers="cpu"), api_key=None)
+    with running(app) as url, chromium(window_size="1000,1400") as browser:
+        browser.get(f"{url}/#start=5&label=2&a=1&b=2&steps=4")
+        wait_for(browser, loaded(f"loaded seeds 5–36, class {CLASSES[2]}"))
+        expected = generator.generate(range(5, 37), labels=2)
+        for i in (0, 31):
+            np.testing.assert_array_equal(rgb_pixels(browser, cell(i)), expected[i])
+        wait_for(browser, "document.getElementById('interp-status').dataset.state === 'loaded'")
+        strip = rgb_pixels(browser, "#strip")
+        assert strip.shape[0] == 32 + 4  # a 2 px border around 32 px images
+        np.testing.assert_array_equal(strip[2:34, 2:34], generator.generate([1], labels=2)[0])
+        options = browser.js("return [...document.getElementById('label').options].map(o => o.text);")
+        assert options == [f"{i}: {name}" for i, name in enumerate(CLASSES)]
+        browser.js("const s = document.getElementById('label'); s.value = '7';"
+                   "s.dispatchEvent(new Event('change'));")
+        wait_for(browser, loaded(f"loaded seeds 5–36, class {CLASSES[7]}"))
+        np.testing.assert_array_equal(rgb_pixels(browser, cell(3)), generator.generate([8], labels=7)[0])
+        (ARTIFACTS / "browser-page-rgb.png").write_bytes(browser.screenshot())
 
 
 def test_page_asks_for_the_api_key():
