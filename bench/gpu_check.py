@@ -10,6 +10,10 @@ Sections, each {"ok": ..., "seconds": ...} plus its measurements, or {"ok": fals
   ddp          torchrun stages/train.py on 2 GPUs; with one GPU, that --nproc_per_node=2 and
                train.device cuda fails with the error that names --nproc_per_node
   onnx         a generator exported by ganops.export: ONNX Runtime CUDA vs CPU parity, img/s
+  colour64     train() on 64x64 RGB images in train.precision auto: img/s, peak memory, finite losses;
+               its export, ONNX Runtime CUDA vs CPU parity
+  serve        `ganops serve --providers cuda` (a real server process): the Open Inference Protocol's
+               infer at batch 1 and 256, img/s, and its pixels against ONNX Runtime on the CPU
   inception    ganops.metrics.inception.InceptionPool3 on the GPU: img/s, agreement with the CPU
 A CUDA-only part records "skipped: ..." where it cannot run (always in --dry-run). Exit 1 when any
 check failed. The JSON is rewritten after every section, so a run stopped at a time limit keeps what
@@ -115,6 +119,8 @@ def main() -> int:
             "ddp": lambda: check_ddp(raw=raw, prepared=prepared, work=work / "ddp", sizes=sizes, cuda=cuda,
                                      dry_run=args.dry_run, stage_train=stage_train),
             "onnx": lambda: check_onnx(raw=raw, work=work / "onnx", sizes=sizes, cuda=cuda),
+            "colour64": lambda: check_colour64(raw=raw, work=work / "colour64", sizes=sizes, cuda=cuda),
+            "serve": lambda: check_serve(raw=raw, work=work / "serve", sizes=sizes, cuda=cuda),
             "inception": lambda: check_inception(prepared=prepared, weights=weights, sizes=sizes, cuda=cuda),
         }
         for name, run in sections.items():
@@ -253,6 +259,109 @@ def check_onnx(*, raw: dict, work: Path, sizes: Sizes, cuda: bool) -> dict:
                    **{f"img_per_s_batch_{b}": _ort_img_per_s(gpu, b, sizes.onnx_seconds)
                       for b in sizes.onnx_batches}}
     return {"ok": diff <= PARITY_ATOL, "parity_atol": PARITY_ATOL, **out}
+
+
+def check_colour64(*, raw: dict, work: Path, sizes: Sizes, cuda: bool) -> dict:
+    """A 64 px colour set (random pixels: speed and numerics, not quality) through train() and export."""
+    from ganops.export import export_onnx
+    from ganops.serving.inference import OnnxGenerator
+    from ganops.sampling import latents
+    from ganops.training.loop import train
+
+    rng = np.random.default_rng(0)
+    n = max(sizes.train_images, 1024) if sizes.train_images else 8192
+    x, y = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
+    write_prepared(work / "prepared", splits={"train": (x, y), "test": (x[:256], y[:256])}, dataset="random 64x64x3",
+                   num_classes=10, sources={}, extra={"resolution": 64, "channels": 3})
+    p = params.parse(_merge(raw, {"train": _short_run(sizes.train_steps, device="cuda" if cuda else "cpu")}))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    s = train(params=p, prepared_dir=work / "prepared", classifier_dir=work / "unused", reference_dir=work / "unused",
+              model_dir=work / "gan", checkpoint_dir=work / "checkpoints", report_dir=work / "reports")
+    finite, last = _losses_finite(work / "reports" / "losses.csv")
+    out: dict = {"precision": s["precision"], "device": s["device"], "steps": s["steps"],
+                 "img_per_s": round(s["img_per_s"], 1), "losses_finite": finite, "last_losses": last,
+                 "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None}
+    report = export_onnx(model_dir=work / "gan", onnx_path=work / "generator.onnx", opset=p.export.opset,
+                         lineage={}, parity_seeds=p.export.parity_seeds, parity_atol=p.export.parity_atol)
+    out["torch_vs_ort_cpu_max_abs_diff"] = report["parity_max_abs_diff"]
+    cpu = OnnxGenerator.from_onnx(work / "generator.onnx", "cpu")
+    ok = finite and s["steps"] == sizes.train_steps and cpu.image_shape == (64, 64, 3)
+    if not cuda or ORT_CUDA not in ort.get_available_providers():
+        out["cuda_parity"] = "skipped: no CUDA" if not cuda else f"skipped: no {ORT_CUDA} in this onnxruntime"
+        return {"ok": ok, **out}
+    gpu = OnnxGenerator.from_onnx(work / "generator.onnx", "cuda")
+    z = latents(range(64), cpu.z_dim)
+    labels = np.arange(64) % cpu.num_classes if cpu.conditional else None
+    out["cuda_parity"] = {"provider": gpu.provider,
+                          "max_abs_diff_vs_cpu": float(np.abs(gpu.run(z, labels) - cpu.run(z, labels)).max())}
+    return {"ok": ok and out["cuda_parity"]["max_abs_diff_vs_cpu"] <= PARITY_ATOL, "parity_atol": PARITY_ATOL, **out}
+
+
+def check_serve(*, raw: dict, work: Path, sizes: Sizes, cuda: bool) -> dict:
+    """A real `ganops serve` on the CUDA provider (the CPU in --dry-run), called over the Open Inference
+    Protocol: img/s per batch size, and its pixels against the CPU session's (uint8: at most 1 apart)."""
+    import json
+    import socket
+    import urllib.request
+
+    from ganops.export import export_onnx
+    from ganops.serving.inference import OnnxGenerator
+    from ganops.networks import Generator, NetConfig, save_generator
+
+    if cuda and ORT_CUDA not in ort.get_available_providers():
+        return {"ok": True, "cuda": f"skipped: no {ORT_CUDA} in this onnxruntime ({ort.__version__})"}
+    p = params.parse(raw)
+    torch.manual_seed(0)
+    save_generator(work / "gan", Generator(NetConfig.from_params(p.model, 10)).eval())
+    export_onnx(model_dir=work / "gan", onnx_path=work / "generator.onnx", opset=p.export.opset, lineage={},
+                parity_seeds=p.export.parity_seeds, parity_atol=p.export.parity_atol)
+    cpu = OnnxGenerator.from_onnx(work / "generator.onnx", "cpu")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    provider = "cuda" if cuda else "cpu"
+    cmd = [sys.executable, "-m", "ganops.cli", "serve", "--model", str(work / "generator.onnx"), "--port", str(port),
+           "--providers", provider, "--max-images", "256"]
+    url = f"http://127.0.0.1:{port}"
+    out: dict = {"provider": provider}
+    with (work / "serve.log").open("w") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2)
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("ganops serve did not get ready: "
+                                           + (work / "serve.log").read_text(errors="replace")[-2000:])
+                    time.sleep(0.5)
+
+            def infer(seeds: list[int]) -> np.ndarray:
+                body = json.dumps({"inputs": [{"name": "seed", "shape": [len(seeds)], "datatype": "INT64",
+                                               "data": seeds}]}).encode()
+                request = urllib.request.Request(f"{url}/v2/models/ganops-generator/infer", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    tensor = json.loads(response.read())["outputs"][0]
+                return np.asarray(tensor["data"], np.int16).reshape(tensor["shape"])
+
+            for batch in sizes.onnx_batches:
+                seeds = list(range(batch))
+                served = infer(seeds)
+                diff = int(np.abs(served - cpu.generate(seeds).astype(np.int16)).max())
+                calls, start = 0, time.perf_counter()
+                while calls < 3 or time.perf_counter() - start < sizes.onnx_seconds:
+                    infer(seeds)
+                    calls += 1
+                out[f"batch_{batch}"] = {"img_per_s": round(calls * batch / (time.perf_counter() - start), 1),
+                                         "max_abs_diff_vs_cpu_uint8": diff}
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    return {"ok": all(v["max_abs_diff_vs_cpu_uint8"] <= 1 for k, v in out.items() if k.startswith("batch_")), **out}
 
 
 def check_inception(*, prepared: Path, weights: str, sizes: Sizes, cuda: bool) -> dict:
