@@ -178,7 +178,8 @@ def test_v2_runs_on_v1s_micro_batcher(uncond):
     def counts() -> tuple[float, float]:
         text = http.get(f"{url}/metrics").text
         value = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line[:1] != "#"}
-        return value["ganops_batch_size_count"], value["ganops_images_total"]
+        images = sum(v for k, v in value.items() if k.startswith("ganops_images_total{"))  # by model
+        return value["ganops_batch_size_count"], images
 
     before = counts()
     client.infer(MODEL, [seeds(range(5))])

@@ -16,7 +16,7 @@ from pipeline_repo import free_port
 import ganops.params
 import ganops.serving.server as server_module
 from ganops.cli import build_parser
-from ganops.serving.server import ModelVerificationError, verify_model
+from ganops.serving.model_source import ModelVerificationError, verify_model
 from ganops.params import ServeParams
 from ganops.serving.config import with_env
 
@@ -155,7 +155,7 @@ def test_one_configuration_type_from_params_env_and_flags(tmp_path, capsys):
         assert f.name in flags, f.name
         name = "GANOPS_" + f.name.upper()
         assert name in server_module.__doc__ and name in help_text, name
-    for name in ("GANOPS_MODEL", "GANOPS_API_KEY", "GANOPS_MODEL_SHA256"):
+    for name in ("GANOPS_MODEL", "GANOPS_API_KEY", "GANOPS_MODEL_SHA256", "GANOPS_CACHE_DIR", "MLFLOW_TRACKING_URI"):
         assert name in server_module.__doc__ and name in help_text, name
 
 

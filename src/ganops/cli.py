@@ -34,12 +34,15 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from ganops.fileio import write_bytes
-    from ganops.serving.inference import OnnxGenerator
     from ganops.png import png
     from ganops.sampling import grid
+    from ganops.serving.inference import OnnxGenerator
+    from ganops.serving.model_source import ModelSource, ModelVerificationError, default_cache_dir, load_generator
+    from ganops.serving.registry_client import RegistryError, is_models_uri
 
     try:
         seeds = parse_seeds(args.seeds)
@@ -49,7 +52,15 @@ def _run_generate(args: argparse.Namespace) -> int:
             raise UsageError(f"--out {args.out}: give a .png file for a grid or a directory/ for one PNG per seed")
         if args.ncol < 1:
             raise UsageError(f"--ncol must be at least 1, got {args.ncol}")
-        generator = OnnxGenerator.from_onnx(args.model, providers=args.providers)
+        if is_models_uri(args.model):  # downloaded and checked against the version's model_sha256 tag
+            source = ModelSource(spec=args.model, expect_sha256=None, verify=True,
+                                 cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(os.environ))
+            fetched = source.fetch()
+            generator = load_generator(fetched, providers=args.providers, intra_op_threads=0)
+            model = f"{fetched.description}, sha256 {fetched.sha256[:12]}"
+        else:  # a local file, used as it is (the server checks files; this command trusts yours)
+            generator = OnnxGenerator.from_onnx(args.model, providers=args.providers)
+            model = args.model
         images = generator.generate(seeds, labels=args.label)
         if per_seed:
             for seed, image in zip(seeds, images):
@@ -61,8 +72,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
         print(f"ganops generate: error: {e}", file=sys.stderr)
         return 2
+    except (ModelVerificationError, RegistryError) as e:
+        print(f"ganops generate: refused: {e}", file=sys.stderr)
+        return 1
     label = f", label {args.label}" if args.label is not None else ""
-    print(f"wrote {wrote} (seeds {args.seeds}{label}) with {args.model} on {generator.provider}")
+    print(f"wrote {wrote} (seeds {args.seeds}{label}) with {model} on {generator.provider}")
     return 0
 
 
@@ -76,11 +90,15 @@ def _add_generate(sub) -> None:
         epilog="examples:\n"
         "  ganops generate --seeds 0-63 --out grid.png\n"
         "  ganops generate --seeds 1,5,9 --label 3 --out samples/\n"
-        "  ganops generate --model other.onnx --seeds 0-15,100 --ncol 4 --out grid.png",
+        "  ganops generate --model other.onnx --seeds 0-15,100 --ncol 4 --out grid.png\n"
+        "  MLFLOW_TRACKING_URI=http://mlflow:5000 ganops generate --model models:/ganops-generator@champion --out grid.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="models/generator.onnx",
-                   help="exported ONNX generator (default: %(default)s)")
+                   help="exported ONNX generator, or a registry version: models:/<name>@<alias> or "
+                   "models:/<name>/<version> from MLFLOW_TRACKING_URI's registry (default: %(default)s)")
+    p.add_argument("--cache-dir", help="where registry versions are downloaded [GANOPS_CACHE_DIR] (default "
+                   "$XDG_CACHE_HOME/ganops/models, else ~/.cache/ganops/models)")
     p.add_argument("--seeds", default="0-63",
                    help="seeds: 7, 0-63, 1,5,9 or combinations like 0-3,10 (default: %(default)s)")
     p.add_argument("--label", type=int, default=None,
@@ -96,7 +114,12 @@ def _add_generate(sub) -> None:
 
 _SERVE_ENV_HELP = """\
 environment variables (a flag wins over its variable, which wins over --params and the defaults):
-  GANOPS_MODEL            the ONNX model (--model)
+  GANOPS_MODEL            the ONNX model (--model): a file, models:/<name>@<alias> or models:/<name>/<version>
+  GANOPS_CACHE_DIR        where registry versions are downloaded (--cache-dir; default
+                          $XDG_CACHE_HOME/ganops/models, else ~/.cache/ganops/models)
+  MLFLOW_TRACKING_URI     the registry of a models:/ URI: http(s)://<tracking server>, read over its
+                          REST API (MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD if needed); a sqlite:
+                          or file: store needs the full environment (the mlflow package)
   GANOPS_API_KEY          when set, every /v1 and /v2/models endpoint needs 'Authorization: Bearer
                           <key>' or 'X-API-Key: <key>'; /, /healthz, /readyz, /v2 and its health,
                           /metrics and /docs stay open
@@ -107,17 +130,25 @@ environment variables (a flag wins over its variable, which wins over --params a
                           the flags of the same name
 
 The model's SHA-256 is checked before the port is bound: against <model>.sha256 (written by the
-export stage) and --expect-sha256; with neither, the server refuses to start unless --no-verify.
+export stage), a registry version's model_sha256 tag, and --expect-sha256; with none of them, the
+server refuses to start unless --no-verify.
+
+Reload without downtime: SIGHUP, or POST /admin/reload with the API key (403 without GANOPS_API_KEY),
+fetches the model again (a moved alias, a new file), warms it up, then switches; in-flight requests
+finish on the old model, and a model that fails to load leaves the old one serving.
 """
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import os
+    from pathlib import Path
 
     from ganops.params import ServeParams
     from ganops.serving.config import api_key_from_env, with_env
-    from ganops.serving.server import ModelVerificationError, serve
+    from ganops.serving.model_source import ModelVerificationError, default_cache_dir
+    from ganops.serving.registry_client import RegistryError
+    from ganops.serving.server import serve
 
     try:
         config = ServeParams()
@@ -130,14 +161,16 @@ def _run_serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
         model = args.model or os.environ.get("GANOPS_MODEL")
         if not model:
-            raise UsageError("pass --model PATH (or set GANOPS_MODEL): the exported ONNX generator")
-        serve(model_path=model, config=config, api_key=api_key_from_env(os.environ),
+            raise UsageError("pass --model PATH or models:/NAME@ALIAS (or set GANOPS_MODEL): the exported ONNX generator")
+        serve(model=model, config=config, api_key=api_key_from_env(os.environ),
               expect_sha256=args.expect_sha256 or os.environ.get("GANOPS_MODEL_SHA256") or None,
-              verify=not args.no_verify, access_log=args.access_log, log_level=args.log_level)
-    except ModelVerificationError as e:
+              verify=not args.no_verify,
+              cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(os.environ),
+              access_log=args.access_log, log_level=args.log_level)
+    except (ModelVerificationError, RegistryError) as e:
         print(f"ganops serve: refusing to start: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as e:  # UsageError, bad env/params, unloadable model
+    except (ValueError, OSError) as e:  # UsageError, bad env/params, unloadable model, unwritable cache
         print(f"ganops serve: {e}", file=sys.stderr)
         return 2
     return 0
@@ -157,7 +190,9 @@ def _add_serve(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Defaults are None so that "not given" can fall back to env, then --params, then built-ins.
-    p.add_argument("--model", help="the exported ONNX generator, e.g. models/generator.onnx [GANOPS_MODEL]")
+    p.add_argument("--model", help="the exported ONNX generator, e.g. models/generator.onnx, or a registry version, "
+                   "e.g. models:/ganops-generator@champion [GANOPS_MODEL]")
+    p.add_argument("--cache-dir", help="where registry versions are downloaded [GANOPS_CACHE_DIR]")
     p.add_argument("--host", help="address to bind (default 127.0.0.1: loopback only) [GANOPS_HOST]")
     p.add_argument("--port", type=int, help="port (default 8000) [GANOPS_PORT]")
     p.add_argument("--max-batch", type=int, help="most images per ONNX Runtime call (default 64)")

@@ -160,7 +160,7 @@ async def generate(request: Request) -> Response:
     labels = svc.contract.labels_for(body.labels if svc.contract.conditional else None, len(seeds))
     z = latents(seeds, svc.generator.z_dim)
     images = await svc.batcher.submit(z, labels, png=body.format == "png")
-    svc.metrics.images.inc(len(seeds))
+    svc.images.inc(len(seeds))
     # Bounded headers: the seeds are the request's; a proxy's header buffer is a few KB.
     headers = {**svc.lineage, "X-Ganops-Count": str(len(seeds))}
     if svc.contract.conditional and isinstance(body.labels, int):
@@ -187,7 +187,7 @@ async def interpolate(request: Request) -> Response:
     a, b = latent(body.seed_a, svc.generator.z_dim), latent(body.seed_b, svc.generator.z_dim)
     z = slerp(a, b, body.steps) if body.method == "slerp" else lerp(a, b, body.steps)
     images = await svc.batcher.submit(z, labels)
-    svc.metrics.images.inc(body.steps)
+    svc.images.inc(body.steps)
     headers = {**svc.lineage, "X-Ganops-Seeds": f"{body.seed_a},{body.seed_b}",
                "X-Ganops-Interpolation": body.method}
     if label is not None:
@@ -233,14 +233,15 @@ class App(FastAPI):
 async def _lifespan(app: FastAPI):
     svc: Service = app.state.service
     await svc.batcher.start()
-    task = asyncio.create_task(_warm_up(svc))
+    task = asyncio.create_task(warm_up(svc))
     yield
     task.cancel()
     await svc.batcher.stop()
 
 
-async def _warm_up(svc: Service) -> None:
-    # One image, then a full batch: ONNX Runtime allocates its buffers on first use.
+async def warm_up(svc: Service) -> None:
+    """Run one image, then a full batch (ONNX Runtime allocates its buffers on first use); then `svc.ready`,
+    or `svc.warmup_error` says why not. Needs the batcher started."""
     try:
         for n in (1, svc.config.max_batch):
             labels = np.zeros(n, np.int64) if svc.generator.conditional else None
@@ -282,15 +283,21 @@ _BODY_ERRORS = {
 
 def create_app(*, generator: OnnxGenerator, config: ServeParams, api_key: str | None) -> FastAPI:
     """The FastAPI app serving `generator`; micro-batcher and warm-up start with the app's lifespan."""
+    return build_app(generator=generator, config=config, api_key=api_key, metrics=Metrics())
+
+
+def build_app(*, generator: OnnxGenerator, config: ServeParams, api_key: str | None, metrics: Metrics) -> FastAPI:
+    """create_app, counting into `metrics`: a server switching models (serving.switch) keeps one set of metrics
+    and starts and stops each model's Service itself rather than through this app's lifespan."""
     meta = generator.metadata
     classes = [str(c) for c in meta.get("classes") or []]
     if generator.conditional and len(classes) != generator.num_classes:
         classes = [str(i) for i in range(generator.num_classes)]
-    metrics = Metrics()
     lineage = {"X-Ganops-Model-Sha256": generator.sha256,
                **{h: _header_value(meta.get(k, "unknown")) for h, k in LINEAGE_HEADERS.items()}}
     svc = Service(
         generator=generator, config=config, api_key=api_key, metrics=metrics,
+        images=metrics.images.labels(generator.sha256),
         batcher=MicroBatcher(generator=generator, max_batch=config.max_batch,
                              max_wait_ms=config.max_wait_ms, queue_size=config.queue_size,
                              enabled=config.micro_batching, metrics=metrics, encode_png=png),
@@ -308,7 +315,8 @@ def create_app(*, generator: OnnxGenerator, config: ServeParams, api_key: str | 
         "permanent URL.",
     )
     app.state.service = svc
-    app.add_middleware(Guard, metrics=metrics, max_body_bytes=config.max_body_bytes, post_paths=POST_PATHS)
+    app.add_middleware(Guard, metrics=metrics, model_sha256=generator.sha256, max_body_bytes=config.max_body_bytes,
+                       post_paths=POST_PATHS)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(BadJson, _bad_json)
     app.add_exception_handler(Overloaded, _busy)

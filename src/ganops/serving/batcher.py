@@ -93,10 +93,12 @@ class MicroBatcher:
     async def start(self) -> None:
         if self.enabled:
             self._queue = asyncio.Queue(maxsize=self.queue_size)
-            self.metrics.queue_depth.set_function(self._queue.qsize)
             self._worker = asyncio.create_task(self._work(), name="ganops-batcher")
-        else:
-            self.metrics.queue_depth.set_function(lambda: self._in_flight)
+        self.metrics.queue_depth.set_function(self.queue_depth)
+
+    def queue_depth(self) -> int:
+        """Requests waiting for the generator (unbatched: running)."""
+        return self._queue.qsize() if self._queue is not None else self._in_flight
 
     @property
     def running(self) -> bool:

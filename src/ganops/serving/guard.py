@@ -24,16 +24,17 @@ def busy_response(exc: Exception) -> JSONResponse:
 
 
 class Guard:
-    """Counts and times every request by route; refuses bad bodies before any route reads them.
+    """Counts and times every request by route and model; refuses bad bodies before any route reads them.
 
     A POST to one of `post_paths` must be JSON (else 415) and at most `max_body_bytes` long (else
     413), checked while reading, so a huge or endless body is never held in memory. Other methods
     on those paths, and every other path, go on to the router (which answers a wrong method 405).
     """
 
-    def __init__(self, app, *, metrics: Metrics, max_body_bytes: int, post_paths: Collection[str]):
+    def __init__(self, app, *, metrics: Metrics, model_sha256: str, max_body_bytes: int, post_paths: Collection[str]):
         self.app = app
         self.metrics = metrics
+        self.model_sha256 = model_sha256  # the model of this app: every request it answers is counted for it
         self.max_body_bytes = max_body_bytes
         self.post_paths = frozenset(post_paths)
 
@@ -65,7 +66,7 @@ class Guard:
                 else "refused" if scope["path"] in self.post_paths and status in (413, 415)
                 else "unmatched"
             )
-            self.metrics.observe(endpoint, scope["method"], status, time.perf_counter() - start)
+            self.metrics.observe(endpoint, scope["method"], status, time.perf_counter() - start, self.model_sha256)
 
     async def _check_body(self, scope, receive):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

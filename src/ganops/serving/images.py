@@ -60,7 +60,7 @@ async def render(svc: Service, seed: int, label: int | None) -> bytes:
     """The PNG of one seed (and label), through the micro-batcher."""
     labels = None if label is None else np.full(1, label, np.int64)
     (png,) = await svc.batcher.submit(latent(seed, svc.generator.z_dim)[None], labels, png=True)
-    svc.metrics.images.inc()
+    svc.images.inc()
     return png
 
 
@@ -119,7 +119,7 @@ async def lean(svc: Service, scope: dict, receive, send) -> bool:
     headers = {}
     for name, value in scope["headers"]:  # the first of each, as the routes read them
         headers.setdefault(name, value)
-    if seed > MAX_SEED or not (svc.api_key is None or _key_ok(svc.api_key, headers)):
+    if seed > MAX_SEED or not (svc.api_key is None or key_ok(svc.api_key, headers)):
         return False
     if_none_match = headers[b"if-none-match"].decode("latin-1") if b"if-none-match" in headers else None
     start = time.perf_counter()
@@ -132,16 +132,16 @@ async def lean(svc: Service, scope: dict, receive, send) -> bool:
         except (Overloaded, ShuttingDown) as e:
             response = busy_response(e)
             await response(scope, receive, send)
-            svc.metrics.observe(route, "GET", response.status_code, time.perf_counter() - start)
+            svc.metrics.observe(route, "GET", response.status_code, time.perf_counter() - start, svc.generator.sha256)
             return True
         raw += [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
-    svc.metrics.observe(route, "GET", status, time.perf_counter() - start)
+    svc.metrics.observe(route, "GET", status, time.perf_counter() - start, svc.generator.sha256)
     return True
 
 
-def _key_ok(api_key: str, headers: dict[bytes, bytes]) -> bool:
+def key_ok(api_key: str, headers: dict[bytes, bytes]) -> bool:
     """The key, as `Authorization: Bearer <key>` or `X-API-Key: <key>` (else the route answers 401)."""
     bearer = headers.get(b"authorization", b"")
     supplied = [bearer[7:].strip() if bearer[:7].lower() == b"bearer " else b"", headers.get(b"x-api-key", b"")]

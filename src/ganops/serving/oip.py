@@ -426,7 +426,7 @@ async def infer(request: Request) -> Response:
         raise OipError(503, f"{e}; retry later", {"Retry-After": "1", "Connection": "close"}) from None
     except Overloaded as e:
         raise OipError(503, f"server overloaded: {e}; retry later", {"Retry-After": "1"}) from None
-    svc.metrics.images.inc(len(images))
+    svc.images.inc(len(images))
     head: dict = {"model_name": MODEL_NAME, "model_version": svc.generator.sha256}
     if asked.id is not None:
         head["id"] = asked.id

@@ -1,17 +1,20 @@
-"""The server's Prometheus metrics, in a registry of their own (one per app)."""
+"""The server's Prometheus metrics, in a registry of their own (one per server, shared by the models it switches between)."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
-    """Requests, latency, batch sizes, queue depth and images: `Metrics().requests.labels(...)`."""
+    """Requests, latency, batch sizes, queue depth, images and the model served: `Metrics().requests.labels(...)`.
+
+    Requests and images carry `model_sha256`, the model that answered: during a switch both models answer.
+    """
 
     def __init__(self):
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "ganops_requests_total", "HTTP requests by route, method and status",
-            ["endpoint", "method", "status"], registry=self.registry,
+            "ganops_requests_total", "HTTP requests by route, method, status and the model that answered",
+            ["endpoint", "method", "status", "model_sha256"], registry=self.registry,
         )
         self.latency = Histogram(
             "ganops_request_latency_seconds", "HTTP request latency by route", ["endpoint"],
@@ -25,9 +28,15 @@ class Metrics:
         self.queue_depth = Gauge(
             "ganops_queue_depth", "requests waiting for the generator", registry=self.registry
         )
-        self.images = Counter("ganops_images_total", "images generated", registry=self.registry)
+        self.images = Counter("ganops_images_total", "images generated, by model", ["model_sha256"],
+                              registry=self.registry)
+        self.model = Gauge("ganops_model_info", "1 for the model served now, with where it came from",
+                           ["model_sha256", "source"], registry=self.registry)
+        self.reloads = Counter("ganops_model_reloads_total", "reloads (SIGHUP, POST /admin/reload) by outcome: "
+                               "switched, unchanged (the same model), failed (the old model stays)",
+                               ["outcome"], registry=self.registry)
 
-    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        """One finished request, labelled by its route template (never its raw path)."""
-        self.requests.labels(endpoint, method, str(status)).inc()
+    def observe(self, endpoint: str, method: str, status: int, seconds: float, model_sha256: str) -> None:
+        """One finished request, labelled by its route template (never its raw path) and the model that answered."""
+        self.requests.labels(endpoint, method, str(status), model_sha256).inc()
         self.latency.labels(endpoint).observe(seconds)

@@ -1,6 +1,7 @@
 """`ganops serve`: check the model, load it, and run the HTTP app under uvicorn until told to stop.
 
-Start it with `ganops serve --model models/generator.onnx`. Endpoints (the app is in serve_app.py):
+Start it with `ganops serve --model models/generator.onnx` or `--model models:/ganops-generator@champion`
+(the MLflow registry MLFLOW_TRACKING_URI names; serving.model_source). Endpoints (the app is in serving/app.py):
 
     GET  /                      web page: a grid of samples with paging, the class picker,
                                 an enlarged view with each image's permanent URL, interpolation
@@ -19,10 +20,16 @@ Start it with `ganops serve --model models/generator.onnx`. Endpoints (the app i
     /v2/...                     the Open Inference Protocol (KServe "v2"): health, metadata, and
                                 POST /v2/models/ganops-generator/infer (serving/oip.py)
     GET  /docs, /openapi.json   OpenAPI, rendered by Swagger UI from local files (works offline)
+    POST /admin/reload          switch to the model the source gives now (needs GANOPS_API_KEY; serving/switch.py)
 
 Environment variables (a command-line flag wins over its variable, which wins over the default):
 
-    GANOPS_MODEL             the ONNX model (--model)
+    GANOPS_MODEL             the ONNX model (--model): a file, models:/<name>@<alias> or models:/<name>/<version>
+    GANOPS_CACHE_DIR         --cache-dir: where registry versions are downloaded, as <sha256>.onnx
+                             (default $XDG_CACHE_HOME/ganops/models, else ~/.cache/ganops/models)
+    MLFLOW_TRACKING_URI      the registry of a models:/ URI: http(s)://<tracking server> (read over its
+                             REST API; MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD if it needs them),
+                             or, with the mlflow package (full environment), a sqlite:/file: store
     GANOPS_API_KEY           when set, every /v1 and /v2/models endpoint needs `Authorization:
                              Bearer <key>` or `X-API-Key: <key>`, and caches are told `private`;
                              /, /healthz, /readyz, /v2 and its health, /metrics and docs stay open
@@ -41,34 +48,32 @@ Environment variables (a command-line flag wins over its variable, which wins ov
 
 Model check: the server hashes the model file before binding the port and refuses to start when
 the sidecar `<model>.sha256` (written by the export stage) or the expected hash disagrees with
-it, or when there is neither (that last case only is allowed by --no-verify).
+it, or when there is neither (that last case only is allowed by --no-verify). A registry version is
+downloaded, then checked the same way against its `model_sha256` tag (written at export).
+
+Reload (SIGHUP, or POST /admin/reload with the API key): the model is fetched and checked again, loaded
+and warmed up beside the old one, then swapped in; requests in flight finish on the old model, and a
+model that fails any step leaves the old one serving (serving/switch.py).
 
 Shutdown (SIGTERM, Ctrl-C): requests still waiting for the generator are answered 503 with
 Retry-After and `Connection: close` at once, the batch already running finishes, and only then
 does the process exit.
 
 Imports only numpy, onnxruntime, fastapi/starlette, uvicorn, prometheus_client and the standard
-library (through ganops.serving.inference and ganops.sampling): a slim deployment has no torch, dvc, mlflow.
+library (through ganops.serving.inference and ganops.sampling): a slim deployment has no torch, dvc, mlflow
+(a registry is read over HTTP with urllib: serving.registry_client).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 
-from ganops.serving.inference import OnnxGenerator, read_sidecar_sha256
-from ganops.serving.app import create_app
 from ganops.params import ServeParams
-
-log = logging.getLogger("ganops.serving.server")
-
-
-class ModelVerificationError(RuntimeError):
-    """The model file's SHA-256 is not the one recorded at export (or there is nothing to check)."""
-
+from ganops.serving.model_source import ModelSource
+from ganops.serving.switch import ModelSwitch
 
 class Server(uvicorn.Server):
     """uvicorn's server, telling the app when shutdown begins: before it waits for requests in flight.
@@ -86,68 +91,18 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def verify_model(*, model_path: str | Path, expect_sha256: str | None, verify: bool) -> str:
-    """Hash the model and check it against `expect_sha256` and the `<model>.sha256` sidecar.
-
-    Returns the hex digest. Raises ModelVerificationError on a mismatch (always: `verify=False`
-    only allows a model with nothing to check against, it never allows a wrong one), or when there
-    is nothing to check against and `verify` is true.
-    """
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ModelVerificationError(
-            f"{model_path} not found: export a model first (dvc repro export writes models/generator.onnx)"
-        )
-    h = hashlib.sha256()
-    with open(model_path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    actual = h.hexdigest()
-    fix = "re-export it (dvc repro export) or restore the exported file; --no-verify skips this check"
-    if expect_sha256 is not None and expect_sha256.strip().lower() != actual:
-        raise ModelVerificationError(
-            f"{model_path} has sha256 {actual}, but the expected sha256 (--expect-sha256 / "
-            f"GANOPS_MODEL_SHA256) is {expect_sha256.strip().lower()}: {fix}"
-        )
-    try:
-        recorded = read_sidecar_sha256(model_path)
-    except ValueError as e:
-        raise ModelVerificationError(str(e)) from e
-    if recorded is not None and recorded != actual:
-        raise ModelVerificationError(
-            f"{model_path} has sha256 {actual}, but {model_path}.sha256 recorded {recorded} at "
-            f"export: the model changed after export; {fix}"
-        )
-    if recorded is None and expect_sha256 is None:
-        if not verify:
-            log.warning("--no-verify: serving %s (sha256 %s) unchecked: no sidecar, no expected hash",
-                        model_path, actual)
-            return actual
-        raise ModelVerificationError(
-            f"cannot verify {model_path}: no sidecar {model_path}.sha256 and no --expect-sha256 / "
-            f"GANOPS_MODEL_SHA256 (its sha256 is {actual}); copy the sidecar written by the export "
-            "stage beside the model, pass the expected hash, or pass --no-verify"
-        )
-    return actual
-
-
-def serve(*, model_path: str | Path, config: ServeParams, api_key: str | None,
-          expect_sha256: str | None, verify: bool, access_log: bool, log_level: str) -> None:
-    """Verify the model, load it, and run uvicorn until interrupted (the model check comes first,
-    so a refused model never binds the port)."""
+def serve(*, model: str, config: ServeParams, api_key: str | None, expect_sha256: str | None, verify: bool,
+          cache_dir: Path, access_log: bool, log_level: str) -> None:
+    """Fetch and verify the model (a file or a models:/ URI), load it, and run uvicorn until interrupted
+    (the model check comes first, so a refused model never binds the port). SIGHUP reloads it."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    digest = verify_model(model_path=model_path, expect_sha256=expect_sha256, verify=verify)
-    generator = OnnxGenerator.from_onnx(model_path, providers=config.providers,
-                                    intra_op_threads=config.ort_threads)
-    if generator.sha256 != digest:
-        raise ModelVerificationError(
-            f"{model_path} changed while the server was starting (sha256 {digest} -> "
-            f"{generator.sha256}); start it again once the file is in place"
-        )
-    app = create_app(generator=generator, config=config, api_key=api_key)
+    switch = ModelSwitch(source=ModelSource(spec=model, expect_sha256=expect_sha256, verify=verify,
+                                            cache_dir=cache_dir),
+                         config=config, api_key=api_key)
+    switch.load_first()
     server = Server(
-        uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level.lower(),
+        uvicorn.Config(switch, host=config.host, port=config.port, log_level=log_level.lower(),
                        access_log=access_log, timeout_graceful_shutdown=5),
-        on_shutdown=app.state.service.batcher.close,
+        on_shutdown=switch.close,
     )
     server.run()

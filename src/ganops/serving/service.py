@@ -1,9 +1,10 @@
-"""What the server's routes share: one Service per app (generator, batcher, contract, limits, lineage)."""
+"""What the server's routes share: one Service per app and model (generator, batcher, contract, limits, lineage)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from fastapi import Request
+from prometheus_client import Counter
 
 from ganops.params import ServeParams
 from ganops.serving.batcher import MicroBatcher
@@ -20,7 +21,8 @@ class Service:
     config: ServeParams
     api_key: str | None
     batcher: MicroBatcher
-    metrics: Metrics
+    metrics: Metrics  # the server's, shared by every model it has served
+    images: Counter  # ganops_images_total of this model
     contract: Contract
     lineage: dict[str, str]  # the lineage headers of every image response
     lineage_raw: list[tuple[bytes, bytes]]  # the same, encoded once for the image GETs
