@@ -27,7 +27,6 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "true")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
@@ -37,6 +36,7 @@ from ganops.data.datasets import fetch  # noqa: E402
 from ganops.data.prepare import prepare  # noqa: E402
 from ganops.networks import Discriminator, Generator, NetConfig  # noqa: E402
 from ganops.training.loop import train  # noqa: E402
+from train_throughput import reference_step  # noqa: E402  (bench/ is on sys.path)
 
 
 def write_folder(root: Path, n: int, classes: int = 4) -> None:
@@ -68,18 +68,7 @@ def reference_loop(*, folder: Path, cfg: NetConfig, tp, steps: int) -> float:
     done, start = 0, time.perf_counter()
     while done < steps:
         for real, _ in loader:
-            fake = G(torch.randn(real.shape[0], cfg.z_dim), None)
-            real_logits, fake_logits = D(real, None), D(fake.detach(), None)
-            loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                      + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
-            opt_d.zero_grad()
-            loss_d.backward()
-            opt_d.step()
-            out = D(fake, None)
-            loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
-            opt_g.zero_grad()
-            loss_g.backward()
-            opt_g.step()
+            reference_step(G, D, opt_g, opt_d, real, None, z_dim=cfg.z_dim)
             done += 1
             if done == steps:
                 break

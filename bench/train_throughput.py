@@ -60,23 +60,27 @@ def reference_loop(*, images: np.ndarray, labels: np.ndarray, cfg: NetConfig, tp
     start = time.perf_counter()
     done = 0
     for real, y in loader:
-        y = y if cfg.conditional else None
-        fake = G(torch.randn(real.shape[0], cfg.z_dim), y)
-        real_logits, fake_logits = D(real, y), D(fake.detach(), y)
-        loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                  + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        out = D(fake, y)
-        loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
+        reference_step(G, D, opt_g, opt_d, real, y if cfg.conditional else None, z_dim=cfg.z_dim)
         done += 1
         if done == steps:
             break
     return done * tp.batch_size / (time.perf_counter() - start)
+
+
+def reference_step(G, D, opt_g, opt_d, real: torch.Tensor, y: torch.Tensor | None, *, z_dim: int) -> None:
+    """One step of the tutorial loop: D on real and fake in two passes, then G (non-saturating)."""
+    fake = G(torch.randn(real.shape[0], z_dim), y)
+    real_logits, fake_logits = D(real, y), D(fake.detach(), y)
+    loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+              + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    opt_d.zero_grad()
+    loss_d.backward()
+    opt_d.step()
+    out = D(fake, y)
+    loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+    opt_g.zero_grad()
+    loss_g.backward()
+    opt_g.step()
 
 
 def ganops_loop(*, prepared: Path, params, steps: int, work: Path, round_: int) -> float:
