@@ -287,6 +287,59 @@ def test_admin_reload_switches_and_a_corrupt_file_leaves_the_old_model_serving(m
         assert metric(text, 'ganops_requests_total{endpoint="/admin/reload",method="POST"') == 6
 
 
+
+def _workers(url: str, count: int, *, until_sha256: str | None = None) -> dict[int, str]:
+    """pid -> model sha256 of each of `count` workers, from GET /admin/reload on a new connection each time
+    (whichever worker accepts it answers), until all `count` have answered (with `until_sha256`, that one)."""
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < count or (until_sha256 and set(seen.values()) != {until_sha256}):
+        assert time.monotonic() < deadline, f"workers seen: {seen}"
+        body = httpx.get(f"{url}/admin/reload", headers=AUTH).json()
+        seen[body["pid"]] = body["model_sha256"]
+        time.sleep(0.01)
+    return seen
+
+
+def _children(pid: int) -> set[int]:
+    stats = [p for p in Path("/proc").glob("[0-9]*/stat") if p.exists()]
+    return {int(p.parent.name) for p in stats
+            if (text := p.read_text(errors="replace")) and text.rpartition(")")[2].split()[1] == str(pid)}
+
+
+def test_workers_share_the_port_and_every_worker_reloads(models, tmp_path):
+    """`--workers 2`: both answer on the one port; SIGHUP to the parent and POST /admin/reload to any worker
+    switch every worker; SIGTERM stops them all and the parent exits 0."""
+    a, b = models["A"], models["B"]
+    served = tmp_path / "generator.onnx"
+    _place(a.path, served)
+    with serving(str(served), "--workers", "2", env=_env(GANOPS_API_KEY=KEY)) as (url, proc, log):
+        workers = _workers(url, 2)
+        assert set(workers.values()) == {a.sha256} and set(workers) <= _children(proc.pid), workers
+        for seed in (0, 1, 2, 3):
+            r = httpx.get(f"{url}/v1/images/{seed}.png", headers=AUTH)
+            np.testing.assert_array_equal(decode_png(r.content), a.images[seed])
+
+        _place(b.path, served)
+        proc.send_signal(signal.SIGHUP)
+        assert _workers(url, 2, until_sha256=b.sha256).keys() == workers.keys()
+        for seed in (0, 1, 2, 3):  # any worker: B's pixels now
+            r = httpx.get(f"{url}/v1/images/{seed}.png", headers=AUTH)
+            assert r.headers["x-ganops-model-sha256"] == b.sha256
+            np.testing.assert_array_equal(decode_png(r.content), b.images[seed])
+
+        _place(a.path, served)
+        switched = httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=60).json()
+        assert (switched["outcome"], switched["model_sha256"]) == ("switched", a.sha256), switched
+        assert _workers(url, 2, until_sha256=a.sha256).keys() == workers.keys()  # the other worker too
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+        assert not _children(proc.pid) & workers.keys()
+        text = log.read_text()
+        assert text.count("SIGHUP: switched") == 3 and text.count("POST /admin/reload: switched") == 1, text
+
+
 # --- the registry: a real MLflow tracking server ------------------------------------------------------
 
 

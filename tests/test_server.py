@@ -356,10 +356,11 @@ def _metric(text: str, name: str) -> float:
     return float(line.split()[1])
 
 
-@pytest.mark.parametrize("micro_batching", [True, False])
-def test_concurrent_requests_are_batched(generators, micro_batching):
+@pytest.mark.parametrize(("micro_batching", "batch_threads"), [(True, 1), (True, 2), (False, 1)])
+def test_concurrent_requests_are_batched(generators, micro_batching, batch_threads):
     g = generators["uncond"]
-    config = ServeParams(providers="cpu", micro_batching=micro_batching, max_wait_ms=300.0, max_batch=64)
+    config = ServeParams(providers="cpu", micro_batching=micro_batching, max_wait_ms=300.0, max_batch=64,
+                         batch_threads=batch_threads)
     seeds = list(range(100, 124))
     with running(make_app(g, config=config)) as url:
         before = http.get(f"{url}/metrics").text

@@ -126,8 +126,8 @@ environment variables (a flag wins over its variable, which wins over --params a
   GANOPS_MODEL_SHA256     the model's expected SHA-256 (--expect-sha256)
   GANOPS_HOST, GANOPS_PORT, GANOPS_MAX_BATCH, GANOPS_MAX_WAIT_MS, GANOPS_QUEUE_SIZE,
   GANOPS_MAX_IMAGES, GANOPS_MAX_BODY_BYTES, GANOPS_MICRO_BATCHING (true|false),
-  GANOPS_CACHE_MAX_AGE_S, GANOPS_PROVIDERS, GANOPS_ORT_THREADS
-                          the flags of the same name
+  GANOPS_CACHE_MAX_AGE_S, GANOPS_PROVIDERS, GANOPS_ORT_THREADS, GANOPS_BATCH_THREADS,
+  GANOPS_WORKERS          the flags of the same name
 
 The model's SHA-256 is checked before the port is bound: against <model>.sha256 (written by the
 export stage), a registry version's model_sha256 tag, and --expect-sha256; with none of them, the
@@ -135,7 +135,9 @@ server refuses to start unless --no-verify.
 
 Reload without downtime: SIGHUP, or POST /admin/reload with the API key (403 without GANOPS_API_KEY),
 fetches the model again (a moved alias, a new file), warms it up, then switches; in-flight requests
-finish on the old model, and a model that fails to load leaves the old one serving.
+finish on the old model, and a model that fails to load leaves the old one serving. With --workers N
+every worker reloads (SIGHUP to the parent, or the admin request to any worker); /metrics counts only
+the worker that answers it.
 """
 
 
@@ -162,18 +164,17 @@ def _run_serve(args: argparse.Namespace) -> int:
         model = args.model or os.environ.get("GANOPS_MODEL")
         if not model:
             raise UsageError("pass --model PATH or models:/NAME@ALIAS (or set GANOPS_MODEL): the exported ONNX generator")
-        serve(model=model, config=config, api_key=api_key_from_env(os.environ),
-              expect_sha256=args.expect_sha256 or os.environ.get("GANOPS_MODEL_SHA256") or None,
-              verify=not args.no_verify,
-              cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(os.environ),
-              access_log=args.access_log, log_level=args.log_level)
+        return serve(model=model, config=config, api_key=api_key_from_env(os.environ),
+                     expect_sha256=args.expect_sha256 or os.environ.get("GANOPS_MODEL_SHA256") or None,
+                     verify=not args.no_verify,
+                     cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(os.environ),
+                     access_log=args.access_log, log_level=args.log_level)
     except (ModelVerificationError, RegistryError) as e:
         print(f"ganops serve: refusing to start: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:  # UsageError, bad env/params, unloadable model, unwritable cache
         print(f"ganops serve: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 def _add_serve(sub) -> None:
@@ -207,6 +208,12 @@ def _add_serve(sub) -> None:
     p.add_argument("--providers", choices=PROVIDERS, help="ONNX Runtime providers (default auto)")
     p.add_argument("--ort-threads", type=int,
                    help="ONNX Runtime intra-op threads; 0 = one per core (default 1: the event loop needs a core)")
+    p.add_argument("--batch-threads", type=int,
+                   help="micro-batches run at once in each worker: 2 overlaps one batch's PNG encoding with the "
+                   "next one's inference (default 1)")
+    p.add_argument("--workers", type=int,
+                   help="server processes accepting on the one port, each with its own model and batcher; "
+                   "SIGHUP to the parent reloads them all (default 1)")
     p.add_argument("--expect-sha256", metavar="HEX", help="the model's expected SHA-256 [GANOPS_MODEL_SHA256]")
     p.add_argument("--no-verify", action="store_true",
                    help="start even when there is nothing to check the model against (no sidecar, no "

@@ -254,9 +254,11 @@ class ServeParams:
     cache_max_age_s: int = 31536000  # max-age of the model-versioned image URLs (they never change)
     providers: str = "auto"  # ONNX Runtime execution providers: PROVIDERS
     ort_threads: int = 1  # ONNX Runtime intra-op threads; 0 = one per core (measured: see README)
+    batch_threads: int = 1  # micro-batches run at once per worker (ONNX Runtime and zlib release the GIL)
+    workers: int = 1  # server processes sharing the port, each with its own model and batcher
 
     def __post_init__(self):
-        for name in ("max_batch", "queue_size", "max_images", "max_body_bytes"):
+        for name in ("max_batch", "queue_size", "max_images", "max_body_bytes", "batch_threads", "workers"):
             if getattr(self, name) < 1:
                 raise ParamsError(f"serve.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_images < 2:

@@ -34,7 +34,7 @@ class MicroBatcher:
     """Gathers concurrent requests into one ONNX Runtime call, run in a worker thread.
 
         batcher = MicroBatcher(generator=g, max_batch=64, max_wait_ms=2, queue_size=256,
-                               enabled=True, metrics=Metrics(), encode_png=png)
+                               enabled=True, metrics=Metrics(), encode_png=png, threads=1)
         await batcher.start()
         images = await batcher.submit(z, labels)             # uint8 [n, R, R] (RGB: [n, R, R, 3])
         pngs = await batcher.submit(z, labels, png=True)     # n PNG files
@@ -43,7 +43,8 @@ class MicroBatcher:
 
     One asyncio task takes the first waiting request, then keeps taking requests until it holds
     `max_batch` images or `max_wait_ms` has passed, and runs them as one ONNX Runtime call in a
-    worker thread; requests that arrive meanwhile queue up for the next call. It waits to fill a
+    worker thread; with `threads` > 1 the next batch starts while one runs (at most `threads` at
+    once); requests that arrive while all threads are busy queue up for the next call. It waits to fill a
     batch only while traffic is concurrent (the previous batch held more than one request): a lone
     client is never delayed. A request larger than `max_batch` runs as a batch of its own. With
     `enabled=False` every request runs alone (concurrently, in a thread pool): the benchmark's
@@ -55,7 +56,7 @@ class MicroBatcher:
     """
 
     def __init__(self, *, generator: OnnxGenerator, max_batch: int, max_wait_ms: float, queue_size: int,
-                 enabled: bool, metrics: Metrics, encode_png: Callable[[np.ndarray], bytes]):
+                 enabled: bool, metrics: Metrics, encode_png: Callable[[np.ndarray], bytes], threads: int):
         self.generator = generator
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
@@ -65,14 +66,16 @@ class MicroBatcher:
         self.encode_png = encode_png
         self.closing = False
         self._queue: asyncio.Queue[_Job] | None = None
+        self.threads = threads
         self._worker: asyncio.Task | None = None
-        self._running: list[_Job] = []  # the batch in the worker thread now
-        self._running_call: asyncio.Future | None = None  # ... and its ONNX Runtime call
+        self._slots: asyncio.Semaphore | None = None  # one per batch thread: a batch starts when one is free
+        self._running: dict[asyncio.Future, list[_Job]] = {}  # ONNX Runtime calls in worker threads now -> their jobs
         self._in_flight = 0  # unbatched mode's count of running requests
         self._last_batch_jobs = 0
-        # Batched: one thread, so batches never compete for cores; unbatched: a thread per request.
+        # Batched: `threads` batches at once (ONNX Runtime and zlib release the GIL, so a second thread
+        # overlaps one batch's PNG encoding with the next one's inference); unbatched: a thread per request.
         self._executor = ThreadPoolExecutor(
-            max_workers=1 if enabled else min(64, queue_size), thread_name_prefix="ganops-ort"
+            max_workers=threads if enabled else min(64, queue_size), thread_name_prefix="ganops-ort"
         )
 
     def _run(self, jobs: list[_Job]) -> list[np.ndarray | list[bytes]]:
@@ -93,6 +96,7 @@ class MicroBatcher:
     async def start(self) -> None:
         if self.enabled:
             self._queue = asyncio.Queue(maxsize=self.queue_size)
+            self._slots = asyncio.Semaphore(self.threads)
             self._worker = asyncio.create_task(self._work(), name="ganops-batcher")
         self.metrics.queue_depth.set_function(self.queue_depth)
 
@@ -102,7 +106,7 @@ class MicroBatcher:
 
     @property
     def running(self) -> bool:
-        """A batch is in the worker thread now."""
+        """A batch is in a worker thread now."""
         return bool(self._running)
 
     def close(self) -> None:
@@ -112,10 +116,10 @@ class MicroBatcher:
     async def stop(self, *, grace_s: float = 10.0) -> None:
         """Close, let the running batch finish (at most `grace_s`), answer everything else."""
         self.close()
-        running = self._running
-        if self._running_call is not None:
-            await asyncio.wait([self._running_call], timeout=grace_s)
-            await asyncio.sleep(0)  # let the worker hand the finished batch's results out
+        running = [job for jobs in self._running.values() for job in jobs]
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=grace_s)
+            await asyncio.sleep(0)  # let the batch tasks hand the finished batches' results out
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -157,6 +161,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         pending: _Job | None = None
         while True:
+            # A free thread first: while all are busy, requests queue up and the next batch is fuller.
+            await self._slots.acquire()
             first = pending if pending is not None else await self._queue.get()
             pending = None
             jobs, n = [first], len(first.z)
@@ -182,24 +188,30 @@ class MicroBatcher:
                     _fail(j, ShuttingDown("the server is shutting down"))
                 pending = None
                 self._drain_queue()
+                self._slots.release()
                 continue
             jobs = [j for j in jobs if not j.future.cancelled()]
             self._last_batch_jobs = len(jobs)
             if not jobs:
+                self._slots.release()
                 continue
-            self._running = jobs
-            self._running_call = loop.run_in_executor(self._executor, self._run, jobs)
-            try:
-                results = await self._running_call
-            except Exception as e:  # a failed batch fails its requests, not the worker
-                for j in jobs:
-                    _fail(j, e)
-                continue
-            finally:
-                self._running, self._running_call = [], None
-            for j, result in zip(jobs, results, strict=True):
-                if not j.future.done():
-                    j.future.set_result(result)
+            call = loop.run_in_executor(self._executor, self._run, jobs)
+            self._running[call] = jobs
+            call.add_done_callback(self._finish)
+
+    def _finish(self, call: asyncio.Future) -> None:
+        """On the event loop, when a batch's thread is done: answer its requests, free its thread."""
+        jobs = self._running.pop(call)
+        self._slots.release()
+        if call.cancelled():  # stop() shut the executor down before it ran
+            return
+        if call.exception() is not None:  # a failed batch fails its requests, not the worker
+            for j in jobs:
+                _fail(j, call.exception())
+            return
+        for j, result in zip(jobs, call.result(), strict=True):
+            if not j.future.done():
+                j.future.set_result(result)
 
 
 def _fail(job: _Job, error: Exception) -> None:

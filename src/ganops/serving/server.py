@@ -45,6 +45,8 @@ Environment variables (a command-line flag wins over its variable, which wins ov
     GANOPS_CACHE_MAX_AGE_S   --cache-max-age-s  Cache-Control max-age of the versioned image URLs
     GANOPS_PROVIDERS         --providers        auto | cpu | cuda
     GANOPS_ORT_THREADS       --ort-threads      ONNX Runtime intra-op threads (0: one per core)
+    GANOPS_BATCH_THREADS     --batch-threads    micro-batches run at once in each worker
+    GANOPS_WORKERS           --workers          server processes sharing the port
 
 Model check: the server hashes the model file before binding the port and refuses to start when
 the sidecar `<model>.sha256` (written by the export stage) or the expected hash disagrees with
@@ -59,21 +61,40 @@ Shutdown (SIGTERM, Ctrl-C): requests still waiting for the generator are answere
 Retry-After and `Connection: close` at once, the batch already running finishes, and only then
 does the process exit.
 
+Workers (--workers N > 1): the parent checks the model, binds the port, and forks N workers that accept
+on that one socket, each with its own model switch, batcher and ONNX Runtime session (the parent loads
+no model). It relays SIGHUP to every worker, and a worker that gets POST /admin/reload (which reloads
+it) tells the parent, which sends SIGHUP to the others; SIGTERM/SIGINT go to every worker,
+and the parent exits once they have. A worker that dies stops the server (exit status 1): restarting it
+is the supervisor's job (systemd, Kubernetes). /metrics is per process: each answer counts the requests
+of the worker that answered it (README, "Serving throughput").
+
 Imports only numpy, onnxruntime, fastapi/starlette, uvicorn, prometheus_client and the standard
 library (through ganops.serving.inference and ganops.sampling): a slim deployment has no torch, dvc, mlflow
 (a registry is read over HTTP with urllib: serving.registry_client).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
+import socket
 from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import uvicorn
 
 from ganops.params import ServeParams
-from ganops.serving.model_source import ModelSource
+from ganops.serving.model_source import Fetched, ModelSource
 from ganops.serving.switch import ModelSwitch
+
+log = logging.getLogger("ganops.serving.server")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h: a signal for the child when its parent dies
 
 class Server(uvicorn.Server):
     """uvicorn's server, telling the app when shutdown begins: before it waits for requests in flight.
@@ -92,17 +113,121 @@ class Server(uvicorn.Server):
 
 
 def serve(*, model: str, config: ServeParams, api_key: str | None, expect_sha256: str | None, verify: bool,
-          cache_dir: Path, access_log: bool, log_level: str) -> None:
+          cache_dir: Path, access_log: bool, log_level: str) -> int:
     """Fetch and verify the model (a file or a models:/ URI), load it, and run uvicorn until interrupted
-    (the model check comes first, so a refused model never binds the port). SIGHUP reloads it."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    switch = ModelSwitch(source=ModelSource(spec=model, expect_sha256=expect_sha256, verify=verify,
-                                            cache_dir=cache_dir),
-                         config=config, api_key=api_key)
-    switch.load_first()
-    server = Server(
-        uvicorn.Config(switch, host=config.host, port=config.port, log_level=log_level.lower(),
-                       access_log=access_log, timeout_graceful_shutdown=5),
-        on_shutdown=switch.close,
-    )
-    server.run()
+    (the model check comes first, so a refused model never binds the port); the exit status. SIGHUP reloads it."""
+    log_format = "%(levelname)s %(name)s[%(process)d]: %(message)s" if config.workers > 1 else \
+        "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=log_level.upper(), format=log_format)
+    source = ModelSource(spec=model, expect_sha256=expect_sha256, verify=verify, cache_dir=cache_dir)
+    fetched = source.fetch()
+    uvicorn_args = {"log_level": log_level.lower(), "access_log": access_log, "timeout_graceful_shutdown": 5}
+    if config.workers == 1:
+        switch = ModelSwitch(source=source, config=config, api_key=api_key, on_admin_reload=lambda: None)
+        switch.load_first(fetched)
+        Server(uvicorn.Config(switch, host=config.host, port=config.port, **uvicorn_args),
+               on_shutdown=switch.close).run()
+        return 0
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.create_server((config.host, config.port), family=family, backlog=2048)
+    reloads, reloaded = multiprocessing.Pipe(duplex=False)  # a worker that reloads on POST /admin/reload sends its pid
+    worker = Worker(source=source, fetched=fetched, config=config, api_key=api_key, uvicorn_args=uvicorn_args,
+                    log_format=log_format, parent=os.getpid(), reloaded=reloaded)
+    return supervise(workers=config.workers, worker=worker, sock=sock, reloads=reloads)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What a worker process needs to serve (pickled to it: workers are spawned, not forked, since the
+    parent already runs NumPy's and ONNX Runtime's threads)."""
+
+    source: ModelSource
+    fetched: Fetched
+    config: ServeParams
+    api_key: str | None
+    uvicorn_args: dict
+    log_format: str
+    parent: int  # the supervisor's pid
+    reloaded: Connection  # tells the supervisor this worker's pid, so that it reloads the other workers
+
+    def __call__(self, sock: socket.socket) -> None:
+        """In the worker: load the model, serve on `sock` until told to stop, and exit (never returns)."""
+        code = 1
+        try:
+            # Die with the parent (even a SIGKILLed one), rather than serve on unsupervised.
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != self.parent:
+                os._exit(1)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the switch handles it: a reload, never a kill
+            # Stop while loading; uvicorn re-raises the signal that stopped it, after its graceful shutdown.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _exit_cleanly)
+            logging.basicConfig(level=self.uvicorn_args["log_level"].upper(), format=self.log_format)
+            switch = ModelSwitch(source=self.source, config=self.config, api_key=self.api_key,
+                                 on_admin_reload=lambda: self.reloaded.send_bytes(os.getpid().to_bytes(8, "little")))
+            switch.load_first(self.fetched)
+            Server(uvicorn.Config(switch, **self.uvicorn_args), on_shutdown=switch.close).run(sockets=[sock])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            log.exception("worker %d failed", os.getpid())
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+
+def supervise(*, workers: int, worker: Worker, sock: socket.socket, reloads: Connection) -> int:
+    """Start `workers` processes serving on the bound `sock`, relay signals to them (see the module
+    docstring), and wait for them: 0 when they all stopped because they were told to, else 1."""
+    # Signals set flags in any thread; the wake-up fd hands their numbers to the loop below.
+    wake, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    relayed = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+    handlers = {sig: signal.signal(sig, lambda *_: None) for sig in relayed}
+    previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+    processes = [multiprocessing.get_context("spawn").Process(target=worker, args=(sock,), name=f"ganops-worker-{i}")
+                 for i in range(workers)]
+    for p in processes:
+        p.start()
+    sock.close()  # the workers hold it
+    log.info("%d workers started: %s", workers, [p.pid for p in processes])
+    status, stopping = 0, False
+
+    def tell(sig: int, to: list) -> None:
+        for p in to:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, sig)
+
+    while alive := [p for p in processes if p.exitcode is None]:
+        ready = wait([wake, reloads, *(p.sentinel for p in alive)])
+        for p in alive:
+            if p.sentinel in ready:
+                p.join()
+                if not stopping:
+                    log.error("worker %d exited (%s) unasked: stopping the server", p.pid, p.exitcode)
+                    status, stopping = 1, True
+                    tell(signal.SIGTERM, processes)
+                elif p.exitcode != 0:
+                    status = 1
+        if wake in ready:
+            for sig in wake.recv(64):
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    stopping = True
+                    tell(signal.SIGTERM, alive)
+                elif sig == signal.SIGHUP and not stopping:
+                    tell(signal.SIGHUP, alive)
+        if reloads in ready:
+            sender = int.from_bytes(reloads.recv_bytes(), "little")
+            if not stopping:
+                tell(signal.SIGHUP, [p for p in alive if p.pid != sender])
+    signal.set_wakeup_fd(previous_wakeup)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    wake.close()
+    wake_w.close()
+    return status
+
+
+def _exit_cleanly(sig: int, frame) -> None:
+    raise SystemExit(0)

@@ -1,7 +1,7 @@
 """The model a running server serves, and switching it without downtime on SIGHUP or POST /admin/reload.
 
-    switch = ModelSwitch(source=ModelSource(...), config=ServeParams(), api_key="k3y")
-    switch.load_first()       # before the port is bound: a refused model never binds it
+    switch = ModelSwitch(source=ModelSource(...), config=ServeParams(), api_key="k3y", on_admin_reload=lambda: None)
+    switch.load_first(source.fetch())  # fetched before the port is bound: a refused model never binds it
     uvicorn.run(switch)       # then `kill -HUP <pid>` or `POST /admin/reload` switches to the model the source gives now
 
 Each model has an app of its own (serving.app.build_app: routes, OpenAPI document, a Service with its
@@ -16,15 +16,21 @@ answer, the log, /admin/reload's GET, and ganops_model_reloads_total{outcome="fa
     POST /admin/reload   the server's API key (Bearer or X-API-Key) required: 200 {"outcome": "switched" or
                          "unchanged", ...}; 502 {"outcome": "failed", "error": ...} (the old model stays);
                          401 for a missing or wrong key; 403 when the server has no key (use SIGHUP)
-    GET  /admin/reload   the model served, where it came from, and the last reload
+    GET  /admin/reload   the model served, where it came from, the last reload, and the answering process's pid
+
+With several workers (serving.server) each process has its own switch: the parent relays SIGHUP to every
+worker, and a worker answering POST /admin/reload calls `on_admin_reload` so that the parent sends the
+others SIGHUP; its answer is its own outcome.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -65,8 +71,10 @@ class _Model:
 class ModelSwitch:
     """An ASGI app that forwards each request to the current model's app, and swaps in a new model."""
 
-    def __init__(self, *, source: ModelSource, config: ServeParams, api_key: str | None):
+    def __init__(self, *, source: ModelSource, config: ServeParams, api_key: str | None,
+                 on_admin_reload: Callable[[], None]):
         self.source = source
+        self.on_admin_reload = on_admin_reload  # a worker asks the parent to reload its siblings too
         self.config = config
         self.api_key = api_key
         self.metrics = Metrics()  # one set for the server's life, whichever models answered
@@ -78,9 +86,9 @@ class ModelSwitch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
-    def load_first(self) -> None:
-        """Fetch, check and load the first model (its batcher starts with the server)."""
-        self.current = self._load(self.source.fetch())
+    def load_first(self, fetched: Fetched) -> None:
+        """Load the first model, fetched and checked by `source.fetch()` (its batcher starts with the server)."""
+        self.current = self._load(fetched)
 
     def _load(self, fetched: Fetched) -> _Model:
         generator = load_generator(fetched, providers=self.config.providers, intra_op_threads=self.config.ort_threads)
@@ -118,12 +126,13 @@ class ModelSwitch:
             response = JSONResponse({"detail": "missing or wrong API key: send 'Authorization: Bearer <key>' "
                                                "or 'X-API-Key: <key>'"}, 401, {"WWW-Authenticate": "Bearer"})
         elif method == "POST":
+            self.on_admin_reload()
             outcome = await self.reload(trigger=f"POST {ADMIN_PATH}")
             status = {"switched": 200, "unchanged": 200, "failed": 502}[outcome["outcome"]]
             response = JSONResponse(outcome, status)
         elif method == "GET":
             response = JSONResponse({"model_sha256": self.current.sha256, "source": self.current.source,
-                                     "last_reload": self.last_reload})
+                                     "last_reload": self.last_reload, "pid": os.getpid()})
         else:
             response = JSONResponse({"detail": f"{method} not allowed: POST reloads, GET tells"}, 405,
                                     {"Allow": "GET, POST"})
