@@ -1,7 +1,7 @@
 """Serving throughput: `ganops serve` under wrk, against ONNX Runtime's ceilings and a reference server.
 
     .venv/bin/python bench/serve_throughput.py [--model models/generator.onnx] [--seconds 10]
-        [--serve-args '--workers 1' --serve-args '--workers 2 --batch-threads 2' ...]
+        [--serve-args '--workers 1' --serve-args '--workers 2 --batch-threads 2' ... | --levers]
 
 Everything in one run, on this machine:
   1. raw ONNX Runtime at batch 256, images/s (the session alone);
@@ -9,6 +9,7 @@ Everything in one run, on this machine:
      here, since every image must be drawn and encoded;
   3. bench/reference_server.py, a plain Starlette app calling the session per request: the anchor;
   4. `ganops serve` with its defaults, or once per --serve-args (each its extra flags), in that order;
+     --levers runs the README's set (LEVERS: workers, overlapping batches, ONNX Runtime threads);
 3 and 4 under wrk (Debian's `wrk`: one thread, keep-alive connections, a random seed per request,
 GET /v1/images/{seed}.png) at concurrency 1 and 32: requests/s, p50, p99, and the CPU time each
 image cost (the server's, all threads of all its processes, and wrk's), which depends far less than requests/s
@@ -41,6 +42,9 @@ from ganops.png import png
 from ganops.sampling import latents, to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
+# The README's table: the settings measured for issue 29, best first, then the defaults.
+LEVERS = ["--workers 2 --max-wait-ms 0", "--workers 2", "--workers 2 --batch-threads 2", "--ort-threads 0",
+          "--batch-threads 2", ""]
 WRK_SCRIPT = """
 math.randomseed(%d)
 request = function()
@@ -186,6 +190,7 @@ def main() -> int:
     parser.add_argument("--serve-args", action="append",
                         help="extra `ganops serve` flags, e.g. '--workers 1'; repeat it to compare settings in "
                         "one run (default: one server with its defaults)")
+    parser.add_argument("--levers", action="store_true", help="compare the README's settings (LEVERS) in one run")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -207,7 +212,7 @@ def main() -> int:
                                 str(model), "--port", str(port)], port, f"/v1/images/0.png{label}",
                                seconds=args.seconds, label=label)
         ganops = {}
-        for extra in args.serve_args or [""]:
+        for extra in LEVERS if args.levers else args.serve_args or [""]:
             port = free_port()
             ganops[extra] = run_server([sys.executable, "-m", "ganops.cli", "serve", "--model", str(model), "--port",
                                         str(port), "--providers", "cpu", "--log-level", "warning", "--no-verify",
