@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hmac
 import io
 import logging
 from pathlib import Path
@@ -38,7 +37,7 @@ from ganops.serving.contract import (
     ValidationErrorBody,
     build_contract,
 )
-from ganops.serving.guard import Guard, busy_response, error_response
+from ganops.serving.guard import Guard, busy_response, error_response, key_matches
 from ganops.serving.inference import OnnxGenerator
 from ganops.serving.oip import add_oip_routes
 from ganops.serving.interpolation import lerp, slerp
@@ -122,9 +121,7 @@ async def require_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_key_header)],
 ) -> None:
-    expected = _service(request).api_key.encode()
-    supplied = [c for c in (credentials and credentials.credentials, header_key) if c]
-    if not any(hmac.compare_digest(c.encode(), expected) for c in supplied):
+    if not key_matches(_service(request).api_key, credentials and credentials.credentials, header_key):
         raise HTTPException(
             401, detail="missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers={"WWW-Authenticate": "Bearer"},

@@ -1,6 +1,7 @@
 """ASGI middleware in front of the app: per-route metrics, and JSON-body checks on the POST routes."""
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Collection
 
@@ -8,6 +9,14 @@ from fastapi.responses import JSONResponse
 
 from ganops.serving.batcher import ShuttingDown
 from ganops.serving.prometheus import Metrics
+
+
+def key_matches(api_key: str, *supplied: str | bytes | None) -> bool:
+    """Whether any supplied key (a Bearer token, an X-API-Key header) is the server's: one constant-time
+    comparison for /v1, /v2, the image fast path and /admin."""
+    expected = api_key.encode()
+    return any(key and hmac.compare_digest(key if isinstance(key, bytes) else key.encode(), expected)
+               for key in supplied)
 
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -9,7 +9,6 @@ build their headers and bodies with the same functions.
 """
 from __future__ import annotations
 
-import hmac
 import re
 import time
 import numpy as np
@@ -17,7 +16,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ganops.serving.batcher import Overloaded, ShuttingDown
-from ganops.serving.guard import busy_response, error_response
+from ganops.serving.guard import busy_response, error_response, key_matches
 from ganops.sampling import MAX_SEED, latent
 from ganops.serving.service import Service
 
@@ -144,5 +143,5 @@ async def lean(svc: Service, scope: dict, receive, send) -> bool:
 def key_ok(api_key: str, headers: dict[bytes, bytes]) -> bool:
     """The key, as `Authorization: Bearer <key>` or `X-API-Key: <key>` (else the route answers 401)."""
     bearer = headers.get(b"authorization", b"")
-    supplied = [bearer[7:].strip() if bearer[:7].lower() == b"bearer " else b"", headers.get(b"x-api-key", b"")]
-    return any(s and hmac.compare_digest(s, api_key.encode()) for s in supplied)
+    return key_matches(api_key, bearer[7:].strip() if bearer[:7].lower() == b"bearer " else None,
+                       headers.get(b"x-api-key"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import json
 import math
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from ganops import __version__
 from ganops.sampling import MAX_SEED, latents
 from ganops.serving.batcher import Overloaded, ShuttingDown
 from ganops.serving.contract import Int
+from ganops.serving.guard import key_matches
 from ganops.serving.service import Service, service
 
 MODEL_NAME = "ganops-generator"  # the MLflow registered model's name (ganops.export.REGISTERED_MODEL)
@@ -477,9 +477,7 @@ async def require_key(
     header_key: Annotated[str | None, Depends(_key_header)],
 ) -> None:
     """/v1's rule (Bearer or X-API-Key), answered with the protocol's error body."""
-    expected = service(request).api_key.encode()
-    supplied = [c for c in (credentials and credentials.credentials, header_key) if c]
-    if not any(hmac.compare_digest(c.encode(), expected) for c in supplied):
+    if not key_matches(service(request).api_key, credentials and credentials.credentials, header_key):
         raise OipError(401, "missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                        {"WWW-Authenticate": "Bearer"})
 
