@@ -14,6 +14,7 @@ a server drops the version it switched away from (`release`), so its cache holds
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -27,10 +28,11 @@ from ganops.serving.inference import RUN_SIDECAR, OnnxGenerator, read_sidecar_sh
 from ganops.serving.registry_client import (
     SHA256_TAG,
     RegisteredVersion,
+    RegistryError,
     RestRegistry,
+    auth_headers,
     is_models_uri,
     parse_models_uri,
-    registry_for,
 )
 
 if TYPE_CHECKING:  # the full environment's reader of a local store, for annotations only
@@ -182,3 +184,19 @@ def load_generator(fetched: Fetched, *, providers: str, intra_op_threads: int) -
             "load it again once the file is in place"
         )
     return generator
+
+
+def registry_for(environ: Mapping[str, str]) -> RestRegistry | LocalRegistry:
+    """The registry MLFLOW_TRACKING_URI names: a server over REST; a local store, or none set (the repository's
+    own), through ganops.registry_local and the mlflow package (the full environment only)."""
+    uri = environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")):
+        return RestRegistry(uri, headers=auth_headers(environ))
+    if importlib.util.find_spec("mlflow") is None:
+        raise RegistryError(
+            "a models:/ URI needs MLFLOW_TRACKING_URI=http(s)://<tracking server> in this environment "
+            f"(it has no mlflow package for {uri or 'the repository store'!r})")
+    from ganops.registry_local import LocalRegistry
+    from ganops.tracking import tracking_uri
+
+    return LocalRegistry(uri or tracking_uri())

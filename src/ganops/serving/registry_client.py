@@ -1,7 +1,7 @@
 """The MLflow model registry as the server reads it: a version's sha256 tag and its ONNX file, no mlflow needed.
 
     ref = parse_models_uri("models:/ganops-generator@champion")      # or models:/ganops-generator/3
-    registry = registry_for(os.environ)          # MLFLOW_TRACKING_URI: http(s) -> REST, sqlite:/file: -> mlflow
+    registry = RestRegistry("http://mlflow:5000", headers=auth_headers(os.environ))
     version = registry.resolve(ref)              # RegisteredVersion(version=3, sha256="ab12...", run_id=...)
     registry.download(version, Path("/tmp/part"))   # the version's model.onnx, as the registry holds it
 
@@ -10,14 +10,13 @@ so the slim serving environment stays free of mlflow: the version by alias or nu
 (`registered-models/alias`, `model-versions/get`), where its files are (`model-versions/get-download-uri`)
 and the file itself through the server's artifact proxy (`mlflow-artifacts/artifacts/...`, on by default
 in `mlflow server`). A local store (sqlite:, file:) has no REST API: ganops.registry_local reads it with the
-mlflow package (the full environment), with the same two calls.
+mlflow package (the full environment), with the same two calls; serving.model_source picks one of the two.
 Credentials come from MLflow's own variables: MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and
 MLFLOW_TRACKING_PASSWORD.
 """
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 import shutil
@@ -27,10 +26,6 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the full environment's reader of a local store, for annotations only
-    from ganops.registry_local import LocalRegistry
 
 MODEL_FILE = "model.onnx"  # MLflow's onnx flavor's name for the file inside a logged model
 SHA256_TAG = "model_sha256"  # the version tag export sets (ganops.tracking.Tracker.log_onnx_model)
@@ -147,19 +142,3 @@ def auth_headers(environ: Mapping[str, str]) -> dict[str, str]:
         pair = f"{environ['MLFLOW_TRACKING_USERNAME']}:{environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
         return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
     return {}
-
-
-def registry_for(environ: Mapping[str, str]) -> RestRegistry | LocalRegistry:
-    """The registry MLFLOW_TRACKING_URI names: a server over REST; a local store, or none set (the repository's
-    own), through ganops.registry_local and the mlflow package (the full environment only)."""
-    uri = environ.get("MLFLOW_TRACKING_URI", "")
-    if uri.startswith(("http://", "https://")):
-        return RestRegistry(uri, headers=auth_headers(environ))
-    if importlib.util.find_spec("mlflow") is None:
-        raise RegistryError(
-            "a models:/ URI needs MLFLOW_TRACKING_URI=http(s)://<tracking server> in this environment "
-            f"(it has no mlflow package for {uri or 'the repository store'!r})")
-    from ganops.registry_local import LocalRegistry
-    from ganops.tracking import tracking_uri
-
-    return LocalRegistry(uri or tracking_uri())
