@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _serving import CLASSES, decode_png, running, shared_model
+from _serving import CLASSES, decode_png, running, serve_process, shared_model
 from webdriver import CHROMEDRIVER, CHROMIUM, MISSING, WebDriver, chromium
 
 from ganops.serving.inference import OnnxGenerator
@@ -177,6 +177,37 @@ def test_page_asks_for_the_api_key():
         wait_for(browser, loaded("loaded seeds 4–35"))
         np.testing.assert_array_equal(pixels(browser, cell(0)), generator.generate([4])[0])
         assert browser.js("return document.getElementById('label-field').hidden;") is True
+
+
+def test_page_follows_a_model_switch(tmp_path):
+    """After the server switches models, the old model's permanent URLs answer 404: the page reads the
+    model again and draws the next page with the new one."""
+    import os
+    import shutil
+
+    a, b = shared_model(conditional=False), shared_model(conditional=False, width=12)
+    served = tmp_path / "generator.onnx"
+
+    def place(model) -> None:  # each file replaced whole, as a deployment would
+        for suffix in ("", ".sha256"):
+            shutil.copyfile(f"{model}{suffix}", tmp_path / "part")
+            os.replace(tmp_path / "part", f"{served}{suffix}")
+
+    place(a)
+    new = OnnxGenerator.from_onnx(b, providers="cpu")
+    with serve_process(served, env={"GANOPS_API_KEY": "k3y"}) as url, chromium() as browser:
+        browser.get(f"{url}/#start=4")
+        wait_for(browser, "document.getElementById('status').dataset.state === 'error'")
+        browser.js("document.getElementById('api-key').value = 'k3y';"
+                   "document.getElementById('api-key-save').click();")
+        wait_for(browser, loaded("loaded seeds 4–35"))
+        place(b)
+        reload = httpx.post(f"{url}/admin/reload", headers={"Authorization": "Bearer k3y"}, timeout=60)
+        assert reload.status_code == 200 and reload.json()["outcome"] == "switched", reload.text
+        browser.js("document.getElementById('next').click();")
+        wait_for(browser, loaded("loaded seeds 36–67"))
+        np.testing.assert_array_equal(pixels(browser, cell(0)), new.generate([36])[0])
+        assert new.sha256[:12] in browser.js("return document.getElementById('model-info').textContent;")
 
 
 def test_docs_render_offline():

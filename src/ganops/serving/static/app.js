@@ -21,7 +21,9 @@ async function api(path, options = {}) {
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = JSON.stringify((await response.json()).detail); } catch (e) { /* not JSON */ }
-    throw new Error(`HTTP ${response.status}: ${detail}`);
+    const error = new Error(`HTTP ${response.status}: ${detail}`);
+    error.status = response.status;
+    throw error;
   }
   return response;
 }
@@ -67,7 +69,7 @@ function updateHash() {
   history.replaceState(null, "", "#" + params.toString());
 }
 
-async function showGrid() {
+async function showGrid(retried) {
   let start;
   try {
     start = BigInt(seedOf("start"));
@@ -99,6 +101,16 @@ async function showGrid() {
       loadInto(cell.firstChild, `cell-${i}`, imagePath(page[i], label))));
     setStatus("status", "loaded", `loaded ${what}`);
   } catch (e) {
+    // 404 on a versioned URL: the server switched models. Read the model again and redraw, once.
+    if (e.status === 404 && retried !== true) {
+      try {
+        await loadModel();
+      } catch (err) {
+        setStatus("status", "error", err.message);
+        return;
+      }
+      return showGrid(true);
+    }
     setStatus("status", "error", e.message);
   }
 }
@@ -168,8 +180,8 @@ async function loadModel() {
   if (model.conditional) {
     const select = $("label");
     select.replaceChildren(...model.classes.map((name, i) => new Option(`${i}: ${name}`, String(i))));
-    $("label-field").hidden = false;
   }
+  $("label-field").hidden = !model.conditional;
 }
 
 async function start() {
