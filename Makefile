@@ -63,8 +63,11 @@ test-packages:
 repro: setup data-package
 	$(BIN)/dvc repro
 
+# Test files run in parallel, one process per core by default (a module's tests stay in one process,
+# so its fixtures are built once): `make test TEST_JOBS=0` runs them all in one process.
+TEST_JOBS ?= auto
 test: setup test-packages
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 # No MLflow background job runners: they start 8 processes, slow on a small machine and unused here.
 ui: export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false

@@ -20,24 +20,16 @@ from ganops.tracking import (
     store_description,
     write_run_id,
 )
-from pipeline_repo import make_pipeline_repo
+from pipeline_repo import make_pipeline_repo, migrated_store
 
 # MLflow 3.17 itself triggers this SQLAlchemy deprecation when it opens a store.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    # Creating a SQLite store runs MLflow's migrations (seconds); each test copies a migrated one.
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def uri(tmp_path: Path, empty_store: Path, monkeypatch) -> str:
+def uri(tmp_path: Path, monkeypatch) -> str:
     (tmp_path / "store").mkdir()
-    shutil.copy(empty_store, tmp_path / "store" / "mlflow.db")
+    shutil.copy(migrated_store(), tmp_path / "store" / "mlflow.db")
     value = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", value)
     for name in ("DVC_ROOT", "DVC_EXP_NAME"):

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO
 from pipeline_repo import background, free_port, make_pipeline_repo, wait_http
+from test_experiments import check_sweep
 
 # MLflow 3.17 itself triggers this SQLAlchemy deprecation when it opens a store.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -114,7 +115,7 @@ def test_login_shell_starts_from_a_fresh_environment(tmp_path: Path, monkeypatch
 
 def _prepare_tour_repo(tmp_path: Path):
     """The tiny pipeline repo plus what the README's commands expect: README, Makefile, .venv."""
-    repo = make_pipeline_repo(tmp_path)
+    repo = make_pipeline_repo(tmp_path, new_store=True)  # `make repro` creates mlflow.db, as for a new user
     for name in ("README.md", "Makefile", "requirements.lock", "requirements-serve.lock",
                  "pyproject.toml"):
         shutil.copy(REPO / name, repo.path / name)
@@ -171,6 +172,7 @@ def test_readme_tour(tmp_path: Path):
     home = _fresh_home(tmp_path)
     state: list[str] = []  # the tour's `source` lines so far: they hold in the reader's shell
     rows: list[tuple[str, str, float]] = []
+    queued: list[str] = []  # the sweep's experiments, named by `dvc exp run --queue`
     try:
         for command in commands:
             start = time.perf_counter()
@@ -187,10 +189,14 @@ def test_readme_tour(tmp_path: Path):
                 how = "ran in a fresh login shell"
                 if command.startswith("source "):
                     state.append(command)
+                if "dvc exp run --queue" in command:
+                    queued += re.findall(r"Queued experiment '([^']+)'", out.stdout + out.stderr)
                 if command.endswith("dvc queue start -j 2"):
                     status = repo.wait_for_queue(dvc=".venv/bin/dvc", timeout_s=QUEUE_TIMEOUT_S)
                     assert "Failed" not in status, status
-                    how += ", queue finished"
+                    # The sweep's own checks (test_experiments): one sweep for the README and them.
+                    check_sweep(repo, queued, tmp_path / "plots")
+                    how += ", queue finished, sweep checked"
                 _check_output(repo, command, out.stdout)
             rows.append((command, how, time.perf_counter() - start))
     finally:
