@@ -93,7 +93,8 @@ def shared(postgres, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     # Evaluate and export log into the training run, and export registers the model in the server's registry.
     stages = ["evaluate", "export"]
-    repo = make_pipeline_repo(tmp, stages=stages, params_overrides={"export.register": True})
+    # new_store: no local mlflow.db, so the test can tell that nothing logged into one.
+    repo = make_pipeline_repo(tmp, stages=stages, params_overrides={"export.register": True}, new_store=True)
     env = {**repo.env, "MLFLOW_TRACKING_URI": url,
            # The GenAI job runners are irrelevant here and slow on 2 cores.
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
