@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ganops.metrics import distances
-from ganops.metrics.inception import InceptionPool3, inception_weights_path
 from ganops.fileio import sha256_file, write_arrays
 from ganops.data.prepared import load_manifest, load_split, manifest_hash
 
@@ -43,6 +41,11 @@ def build_inception_reference(
     }
     arrays = {}
     if inception:
+        # Imported here: with evaluate.inception off (the default) the stage never loads torch, whose
+        # import alone takes seconds.
+        from ganops.metrics import distances
+        from ganops.metrics.inception import InceptionPool3, inception_weights_path
+
         path = inception_weights_path(inception_weights)
         test_x, _ = load_split(prepared_dir, "test")
         feats = InceptionPool3(path).features(test_x, desc="inception_reference")
@@ -80,6 +83,8 @@ def load_inception_reference(
             f"{directory} has no Inception statistics: rerun the inception_reference stage with "
             "evaluate.inception: true (dvc repro inception_reference)"
         )
+    from ganops.metrics.inception import inception_weights_path  # torch: see build_inception_reference
+
     weights = inception_weights_path(inception_weights)
     configured = sha256_file(weights)
     if recorded != configured:
