@@ -72,6 +72,15 @@ def test_kid_on_whole_sets_equals_torchmetrics():
     assert distances.kid(real, fake, subsets=3, subset_size=64)[0] == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_poly_mmd2_equals_torchmetrics(seed: int):
+    from torchmetrics.image.kid import poly_mmd
+
+    x, y = _features(50, 16, seed=seed), _features(50, 16, seed=seed + 10, shift=0.2 * seed)
+    expected = float(poly_mmd(torch.from_numpy(x).double(), torch.from_numpy(y).double()))
+    assert distances.poly_mmd2(x, y) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
 def test_kid_rejects_a_subset_larger_than_the_sets():
     with pytest.raises(ValueError, match="kid_subset_size=50"):
         distances.kid(_features(20, 4, 0), _features(30, 4, 1), subsets=2, subset_size=50)
