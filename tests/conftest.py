@@ -43,3 +43,14 @@ def tiny_prepared(tmp_path: Path) -> Path:
         sources={},
     )
     return directory
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with end-to-end (`slow`) tests run first, the README tour (the longest, minutes) first of all.
+
+    `make test` spreads whole files over the cores (pytest-xdist, in this order): long files started
+    early overlap the many short ones, instead of one core running the tour alone at the end.
+    Tests keep their order within a file.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.path.name != "test_readme.py", item.path not in slow))
